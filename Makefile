@@ -1,0 +1,41 @@
+# The README's two commands: `make demo` and `make test`. Both create the virtual environment when it
+# is missing (torch 2.13.0 CPU first and alone, then everything else under constraints.txt) and are
+# quick when it exists.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+INSTALLED := $(VENV)/.installed
+DEMO_DIR ?= runs/demo
+
+export HF_HUB_OFFLINE ?= 1
+export WANDB_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: venv demo test test-all lint format clean
+
+venv: $(INSTALLED)
+
+$(INSTALLED): setup.py constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	touch $(INSTALLED)
+
+demo: venv
+	$(VENV)/bin/expandsearch demo --out $(DEMO_DIR)
+
+test: venv
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache

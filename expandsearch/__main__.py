@@ -1,0 +1,5 @@
+import sys
+
+from expandsearch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,112 @@
+"""Corpus loading: passages with an id, a title and a text.
+
+Reads the layouts users have (DESIGN.md §3):
+
+- wiki-18 / FlashRAG jsonl, one passage per line: ``{"id": "0", "contents": "\\"Title\\"\\npassage text"}``
+  (the quoted title on the first line), or ``{"id", "title", "text"}``;
+- a JSON list of ``{"title", "text"}`` objects (HippoRAG / 2Wiki corpora).
+
+This module keeps passages as a plain list; it is the in-process corpus the foundation needs (the
+synthetic world, tests). Million-passage corpora get a memory-mapped store in the retriever issue.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class CorpusFormatError(ValueError):
+    """A corpus file or record that does not match any supported layout."""
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One retrievable passage; ``contents`` is the wiki-18 form (quoted title line, then text)."""
+
+    id: str
+    title: str
+    text: str
+
+    @property
+    def contents(self) -> str:
+        return f'"{self.title}"\n{self.text}'
+
+    def to_wiki18(self) -> dict[str, str]:
+        return {"id": self.id, "title": self.title, "contents": self.contents}
+
+
+def split_contents(contents: str) -> tuple[str, str]:
+    """Split wiki-18 ``contents`` into (title, text); the title is the first line without its quotes."""
+    first_line, newline, rest = contents.partition("\n")
+    if not newline:
+        return "", contents.strip()
+    title = first_line.strip()
+    if len(title) >= 2 and title[0] == title[-1] == '"':
+        title = title[1:-1]
+    return title, rest.strip()
+
+
+def passage_from_record(record: dict[str, Any], fallback_id: str) -> Passage:
+    """Build a passage from one corpus record in any supported layout."""
+    if not isinstance(record, dict):
+        raise CorpusFormatError(f"record {fallback_id}: expected a JSON object, got {type(record).__name__}")
+    passage_id = str(record.get("id", record.get("_id", fallback_id)))
+    if "contents" in record:
+        title, text = split_contents(str(record["contents"]))
+        # A separate "title" field (the shared wiki-18 sample has one) is the cleaner source.
+        title = str(record.get("title") or title)
+        return Passage(passage_id, title, text)
+    if "text" in record:
+        return Passage(passage_id, str(record.get("title", "")), str(record["text"]))
+    raise CorpusFormatError(f"record {passage_id}: needs 'contents' or 'text' (keys: {sorted(record)})")
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield line_number, json.loads(line)
+            except json.JSONDecodeError as error:
+                raise CorpusFormatError(f"{path}:{line_number}: not valid JSON ({error.msg})") from error
+
+
+def iter_passages(path: str | Path) -> Iterator[Passage]:
+    """Yield the passages of a corpus file (``.jsonl`` one record per line, ``.json`` a list)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file not found: {path}")
+    if path.suffix == ".json":
+        records = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(records, list):
+            raise CorpusFormatError(f"{path}: a .json corpus must be a list of {{title, text}} objects")
+        for index, record in enumerate(records):
+            yield passage_from_record(record, str(index))
+        return
+    for index, (line_number, record) in enumerate(_iter_jsonl(path)):
+        try:
+            yield passage_from_record(record, str(index))
+        except CorpusFormatError as error:
+            raise CorpusFormatError(f"{path}:{line_number}: {error}") from error
+
+
+def load_passages(path: str | Path) -> list[Passage]:
+    passages = list(iter_passages(path))
+    if not passages:
+        raise CorpusFormatError(f"{path}: the corpus is empty")
+    return passages
+
+
+def write_wiki18_jsonl(passages: Iterable[Passage], path: str | Path) -> int:
+    """Write passages as wiki-18 jsonl; returns how many were written."""
+    count = 0
+    with Path(path).open("w", encoding="utf-8") as handle:
+        for passage in passages:
+            handle.write(json.dumps(passage.to_wiki18(), ensure_ascii=False) + "\n")
+            count += 1
+    return count

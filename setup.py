@@ -1,0 +1,51 @@
+"""ExpandSearch: train LLM search agents that write several query variants per search, with RL."""
+
+from setuptools import find_packages, setup
+
+PACKAGES = ["expandsearch", "agent_env", "retriever_server", "data_prep", "eval"]
+
+# torch is installed first and alone (see Makefile): it is listed here without an upper pin so that
+# pip never replaces the local CPU build, and constraints.txt pins it exactly.
+INSTALL_REQUIRES = [
+    "torch==2.13.0",
+    "transformers>=5.5.3,<5.11,!=5.6.0",  # verl 0.9.1's range
+    "tokenizers",
+    "verl==0.9.1",
+    # verl's agent loop imports these without declaring them in its base requirements
+    "cachetools",
+    "pyzmq",
+    "msgspec",
+    "bm25s",
+    "PyStemmer",
+    "numba",  # bm25s' fast retrieval backend
+    "numpy>=2",
+    "pandas",
+    "pyarrow",
+    "pyyaml",
+    "pydantic>=2",
+    "rich",
+    "fastapi",
+    "uvicorn",
+    "httpx",
+    "matplotlib",
+    "faiss-cpu",
+    "sentence-transformers",
+]
+
+EXTRAS = {
+    "dev": ["pytest", "pytest-asyncio", "hypothesis", "ruff", "mypy", "types-PyYAML"],
+    # what this machine cannot run: CUDA FAISS and vLLM (install on a GPU box)
+    "gpu": ["faiss-gpu-cu12", "vllm"],
+}
+
+setup(
+    name="expandsearch",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.10",
+    packages=find_packages(include=[f"{name}*" for name in PACKAGES]),
+    package_data={"": ["*.yaml"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["expandsearch=expandsearch.cli:main"]},
+)
