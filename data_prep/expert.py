@@ -73,16 +73,23 @@ class FactReader:
         aliases = self.lexicon.aliases_of(self.canonical(subject))
         for pattern in _patterns(relation, tuple(aliases)):
             for match in pattern.finditer(text):
-                if self._valid_object(match.group("o"), RELATIONS[relation].object_kind):
-                    return match.group("o")
+                kind = RELATIONS[relation].object_kind
+                # "a painter" is stated; "painter" is the answer
+                value = _without_article(match.group("o")) if kind == "occupation" else match.group("o")
+                if self._valid_object(value, kind):
+                    return value
         return None
 
     def _valid_object(self, mention: str, kind: str) -> bool:
         if kind == "year":
             return mention.isdigit() and len(mention) == 4
         if kind == "occupation":
-            return mention.removeprefix("an ").removeprefix("a ") in OCCUPATIONS
+            return mention in OCCUPATIONS
         return mention.lower() in self._names[kind]
+
+
+def _without_article(noun_phrase: str) -> str:
+    return noun_phrase.removeprefix("an ").removeprefix("a ")
 
 
 @cache
