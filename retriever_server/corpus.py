@@ -55,14 +55,14 @@ def passage_from_record(record: dict[str, Any], fallback_id: str) -> Passage:
     if not isinstance(record, dict):
         raise CorpusFormatError(f"record {fallback_id}: expected a JSON object, got {type(record).__name__}")
     passage_id = str(record.get("id", record.get("_id", fallback_id)))
-    if "contents" in record:
-        title, text = split_contents(str(record["contents"]))
-        # A separate "title" field (the shared wiki-18 sample has one) is the cleaner source.
-        title = str(record.get("title") or title)
-        return Passage(passage_id, title, text)
-    if "text" in record:
-        return Passage(passage_id, str(record.get("title", "")), str(record["text"]))
-    raise CorpusFormatError(f"record {passage_id}: needs 'contents' or 'text' (keys: {sorted(record)})")
+    body_key = next((key for key in ("contents", "text") if isinstance(record.get(key), str)), None)
+    if body_key is None:
+        raise CorpusFormatError(f"record {passage_id}: needs a string 'contents' or 'text' (keys: {sorted(record)})")
+    title, text = split_contents(record[body_key]) if body_key == "contents" else ("", record[body_key].strip())
+    # A separate "title" field (the shared wiki-18 sample has one) is the cleaner source.
+    title = str(record.get("title") or title)
+    # A title is one line: a newline in it would corrupt the wiki-18 "contents" we write back.
+    return Passage(passage_id, " ".join(title.split()), text)
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -76,17 +76,27 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise CorpusFormatError(f"{path}:{line_number}: not valid JSON ({error.msg})") from error
 
 
+def _iter_json_list(path: Path) -> Iterator[Passage]:
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise CorpusFormatError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from error
+    if not isinstance(records, list):
+        raise CorpusFormatError(f"{path}: a .json corpus must be a list of {{title, text}} objects")
+    for index, record in enumerate(records):
+        try:
+            yield passage_from_record(record, str(index))
+        except CorpusFormatError as error:
+            raise CorpusFormatError(f"{path}: item {index}: {error}") from error
+
+
 def iter_passages(path: str | Path) -> Iterator[Passage]:
     """Yield the passages of a corpus file (``.jsonl`` one record per line, ``.json`` a list)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"corpus file not found: {path}")
     if path.suffix == ".json":
-        records = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(records, list):
-            raise CorpusFormatError(f"{path}: a .json corpus must be a list of {{title, text}} objects")
-        for index, record in enumerate(records):
-            yield passage_from_record(record, str(index))
+        yield from _iter_json_list(path)
         return
     for index, (line_number, record) in enumerate(_iter_jsonl(path)):
         try:

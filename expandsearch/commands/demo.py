@@ -13,7 +13,7 @@ import argparse
 import json
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -92,7 +92,7 @@ def _means(results: Sequence[Any]) -> dict[str, float]:
     }
 
 
-def write_transcripts(results: dict[str, Sequence[Any]], path: Path, per_mode: int) -> None:
+def write_transcripts(results: Mapping[str, Sequence[Any]], path: Path, per_mode: int) -> None:
     with path.open("w", encoding="utf-8") as handle:
         for mode, mode_results in results.items():
             for result in mode_results[:per_mode]:

@@ -38,9 +38,7 @@ def test_reader_reads_every_fact_passage(world: World, lexicon: WorldLexicon) ->
         mention = next(name for name in subject.all_names if name in by_id[passage_id])
         value = reader.read(by_id[passage_id], mention, relation)
         assert value is not None, (fact_key, by_id[passage_id])
-        assert reader.canonical(value) == world.object_name(
-            subject, relation
-        ), fact_key
+        assert reader.canonical(value) == world.object_name(subject, relation), fact_key
 
 
 def test_reader_ignores_other_subjects_and_relations(world: World, lexicon: WorldLexicon) -> None:
@@ -53,8 +51,9 @@ def test_reader_ignores_other_subjects_and_relations(world: World, lexicon: Worl
 
 
 @pytest.mark.parametrize("max_variants", [1, 3])
-def test_turns_are_valid_protocol_with_the_variant_budget(world: World, lexicon: WorldLexicon, max_variants: int
-                                                          ) -> None:
+def test_turns_are_valid_protocol_with_the_variant_budget(
+    world: World, lexicon: WorldLexicon, max_variants: int
+) -> None:
     reader = FactReader(lexicon)
     for example in world.questions["test"][:40]:
         episode = ExpertEpisode(example, reader, max_variants)
@@ -65,8 +64,9 @@ def test_turns_are_valid_protocol_with_the_variant_budget(world: World, lexicon:
         assert parse_action(episode.next_turn(last_turn=True)).kind == "answer"
 
 
-def test_episodes_are_valid_trajectories_that_end_in_an_answer(world: World, lexicon: WorldLexicon,
-                                                               index: BM25Index) -> None:
+def test_episodes_are_valid_trajectories_that_end_in_an_answer(
+    world: World, lexicon: WorldLexicon, index: BM25Index
+) -> None:
     results = run_expert(world.questions["test"][:60], index, lexicon, max_variants=3, max_turns=4)
     for result in results:
         assert is_valid_trajectory(result.policy_turns)
@@ -86,8 +86,9 @@ def test_expert_learns_only_from_retrieved_text(world: World, lexicon: WorldLexi
     assert all(result.supporting_recall == 0 for result in results)
 
 
-def test_several_variants_beat_one_query_on_multi_hop_questions(world: World, lexicon: WorldLexicon,
-                                                                index: BM25Index) -> None:
+def test_several_variants_beat_one_query_on_multi_hop_questions(
+    world: World, lexicon: WorldLexicon, index: BM25Index
+) -> None:
     """Measured on this world (docs/benchmarks.md): bridge EM 0.61 → 0.89, three-hop 0.13 → 0.88."""
     test = world.questions["test"]
     em: dict[tuple[int, str], list[float]] = defaultdict(list)

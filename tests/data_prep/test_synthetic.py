@@ -78,7 +78,8 @@ def test_distractors_share_names_but_state_no_fact(world: World) -> None:
 
 def test_person_aliases_name_one_person(world: World) -> None:
     aliases = Counter(alias for person in world.by_kind("person") for alias in person.aliases)
-    assert aliases and max(aliases.values()) == 1
+    assert aliases
+    assert max(aliases.values()) == 1
     names = [person.name for person in world.by_kind("person")]
     assert len(names) == len(set(names))
 
@@ -114,7 +115,8 @@ def test_same_value_comparisons_are_balanced(world: World) -> None:
 
 def test_test_questions_are_about_people_unseen_in_training(world: World) -> None:
     subjects = {split: {s for q in qs for s in q.metadata["subjects"]} for split, qs in world.questions.items()}
-    assert subjects["test"] and subjects["validation"]
+    assert subjects["test"]
+    assert subjects["validation"]
     assert not subjects["test"] & subjects["train"]
     assert not subjects["validation"] & subjects["train"]
     assert not subjects["test"] & subjects["validation"]
@@ -151,7 +153,10 @@ def test_the_question_alone_misses_what_good_variants_find(world: World, index: 
     below what was measured."""
     rows = {(r.strategy, r.question_type, r.k): r for r in measure_recall(world.questions["test"], index, ks=(3,))}
     question_all, question_bridge = rows["question", "all", 3], rows["question", "bridge", 3]
-    variants_all, variants_bridge = rows["oracle names x wordings", "all", 3], rows["oracle names x wordings", "bridge", 3]
+    variants_all, variants_bridge = (
+        rows["oracle names x wordings", "all", 3],
+        rows["oracle names x wordings", "bridge", 3],
+    )
     assert question_all.recall < 0.55
     assert question_bridge.all_found < 0.1  # one query cannot find both hops
     assert variants_all.recall > 0.85

@@ -192,7 +192,7 @@ def test_invalid_json_line_names_path_and_line(tmp_path: Path) -> None:
 
 def test_record_without_contents_or_text_names_path_and_line(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "corpus.jsonl", [{"id": "0", "text": "a"}, {"id": "1", "title": "only a title"}])
-    with pytest.raises(CorpusFormatError, match="needs 'contents' or 'text'") as caught:
+    with pytest.raises(CorpusFormatError, match="needs a string 'contents' or 'text'") as caught:
         load_passages(path)
     assert f"{path}:2:" in str(caught.value)
     assert "title" in str(caught.value)  # the keys it did find
@@ -208,7 +208,7 @@ def test_record_that_is_not_an_object(tmp_path: Path) -> None:
 def test_json_record_without_text(tmp_path: Path) -> None:
     path = tmp_path / "corpus.json"
     path.write_text(json.dumps([{"title": "A", "text": "a"}, {"title": "B"}]))
-    with pytest.raises(CorpusFormatError, match="needs 'contents' or 'text'"):
+    with pytest.raises(CorpusFormatError, match="needs a string 'contents' or 'text'"):
         load_passages(path)
 
 
@@ -236,18 +236,38 @@ def test_json_corpus_must_be_a_list(tmp_path: Path, payload: object) -> None:
     assert str(path) in str(caught.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=json.JSONDecodeError,
-    reason="bug: iter_passages calls json.loads on a .json corpus unguarded, so a bad file escapes as a bare "
-    "JSONDecodeError without the file name instead of CorpusFormatError",
-)
 def test_invalid_json_corpus_file_names_path(tmp_path: Path) -> None:
     path = tmp_path / "corpus.json"
     path.write_text('[{"title": "A", "text": "a"},\n')
     with pytest.raises(CorpusFormatError) as caught:
         load_passages(path)
     assert str(path) in str(caught.value)
+
+
+def test_bad_item_in_json_corpus_names_path_and_item(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.json"
+    path.write_text(json.dumps([{"title": "A", "text": "a"}, {"title": "B"}]))
+    with pytest.raises(CorpusFormatError, match="item 1") as caught:
+        load_passages(path)
+    assert str(path) in str(caught.value)
+
+
+def test_null_fields_are_not_text(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(json.dumps({"id": "1", "title": None, "text": "body"}) + "\n")
+    assert load_passages(path)[0].title == ""
+    path.write_text(json.dumps({"id": "1", "title": "T", "text": None}) + "\n")
+    with pytest.raises(CorpusFormatError, match="string 'contents' or 'text'"):
+        load_passages(path)
+
+
+def test_a_title_with_a_newline_survives_a_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(json.dumps({"id": "1", "title": "A\nB", "text": "body"}) + "\n")
+    passage = load_passages(path)[0]
+    assert (passage.title, passage.text) == ("A B", "body")
+    write_wiki18_jsonl([passage], tmp_path / "again.jsonl")
+    assert load_passages(tmp_path / "again.jsonl") == [passage]
 
 
 def test_format_error_is_a_value_error() -> None:
