@@ -35,7 +35,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "dev": ["pytest", "pytest-asyncio", "hypothesis", "ruff", "mypy", "types-PyYAML"],
+    "dev": ["pytest", "pytest-asyncio", "hypothesis", "schemathesis", "ruff", "mypy", "types-PyYAML"],
     # what this machine cannot run: CUDA FAISS and vLLM (install on a GPU box)
     "gpu": ["faiss-gpu-cu12", "vllm"],
 }

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 COMMANDS = {
     "world": "world",
     "demo": "demo",
+    "index": "index",
+    "serve-retriever": "serve_retriever",
 }
 
 

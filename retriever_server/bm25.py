@@ -24,7 +24,9 @@ class BM25Index:
     SETTINGS_FILE = "bm25_settings.json"
 
     def __init__(self, passages: Sequence[Passage], retriever: object, *, language: str = "english") -> None:
-        self.passages = list(passages)
+        # A list is copied so later edits by the caller cannot desynchronise rows; other sequences (a
+        # memory-mapped PassageStore) are kept as they are rather than pulled into memory.
+        self.passages: Sequence[Passage] = list(passages) if isinstance(passages, list) else passages
         self._retriever = retriever
         self.language = language
         self._stemmer = _make_stemmer(language)
@@ -84,21 +86,25 @@ class BM25Index:
             hits.append(SearchHit(passage.id, passage.title, passage.text, float(score)))
         return hits
 
-    def save(self, directory: str | Path) -> None:
+    def save(self, directory: str | Path, *, with_corpus: bool = True) -> None:
+        """Save the index; ``with_corpus=False`` leaves out the passages (an index directory keeps its own store)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._retriever.save(str(directory / "bm25s"))  # type: ignore[attr-defined]
-        write_wiki18_jsonl(self.passages, directory / self.CORPUS_FILE)
+        if with_corpus:
+            write_wiki18_jsonl(self.passages, directory / self.CORPUS_FILE)
         (directory / self.SETTINGS_FILE).write_text(json.dumps({"language": self.language}))
 
     @classmethod
-    def load(cls, directory: str | Path) -> BM25Index:
+    def load(cls, directory: str | Path, passages: Sequence[Passage] | None = None) -> BM25Index:
+        """Load a saved index, with its own corpus copy or with ``passages`` (the same passages, same order)."""
         import bm25s
 
         directory = Path(directory)
         settings = json.loads((directory / cls.SETTINGS_FILE).read_text())
         retriever = bm25s.BM25.load(str(directory / "bm25s"))
-        return cls(load_passages(directory / cls.CORPUS_FILE), retriever, language=settings["language"])
+        passages = load_passages(directory / cls.CORPUS_FILE) if passages is None else passages
+        return cls(passages, retriever, language=settings["language"])
 
 
 def _make_stemmer(language: str) -> object:

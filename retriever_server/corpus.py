@@ -4,7 +4,8 @@ Reads the layouts users have (DESIGN.md §3):
 
 - wiki-18 / FlashRAG jsonl, one passage per line: ``{"id": "0", "contents": "\\"Title\\"\\npassage text"}``
   (the quoted title on the first line), or ``{"id", "title", "text"}``;
-- a JSON list of ``{"title", "text"}`` objects (HippoRAG / 2Wiki corpora).
+- a JSON list of ``{"title", "text"}`` objects (HippoRAG / 2Wiki corpora);
+- DPR's ``psgs_w100.tsv``: a header ``id\ttext\ttitle``, then one tab-separated passage per line.
 
 This module keeps passages as a plain list; it is the in-process corpus the foundation needs (the
 synthetic world, tests). Million-passage corpora get a memory-mapped store in the retriever issue.
@@ -12,7 +13,9 @@ synthetic world, tests). Million-passage corpora get a memory-mapped store in th
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,13 +93,35 @@ def _iter_json_list(path: Path) -> Iterator[Passage]:
             raise CorpusFormatError(f"{path}: item {index}: {error}") from error
 
 
+DPR_COLUMNS = ("id", "text", "title")
+
+
+def _iter_dpr_tsv(path: Path) -> Iterator[Passage]:
+    # DPR quotes texts that hold tabs or quotes (csv "excel-tab" dialect); a few passages exceed csv's default
+    # 128 KiB field limit, so lift it for this reader.
+    csv.field_size_limit(sys.maxsize)
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        header = next(reader, None)
+        if header is None or [column.strip() for column in header] != list(DPR_COLUMNS):
+            raise CorpusFormatError(f"{path}: a .tsv corpus needs the DPR header 'id<TAB>text<TAB>title', got {header}")
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(DPR_COLUMNS):
+                raise CorpusFormatError(f"{path}:{reader.line_num}: expected 3 tab-separated fields, got {len(row)}")
+            passage_id, text, title = row
+            yield Passage(passage_id, " ".join(title.split()), text.strip())
+
+
 def iter_passages(path: str | Path) -> Iterator[Passage]:
-    """Yield the passages of a corpus file (``.jsonl`` one record per line, ``.json`` a list)."""
+    """Yield the passages of a corpus file (``.jsonl`` one record per line, ``.json`` a list, ``.tsv`` DPR)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"corpus file not found: {path}")
-    if path.suffix == ".json":
-        yield from _iter_json_list(path)
+    readers = {".json": _iter_json_list, ".tsv": _iter_dpr_tsv}
+    if path.suffix in readers:
+        yield from readers[path.suffix](path)
         return
     for index, (line_number, record) in enumerate(_iter_jsonl(path)):
         try:

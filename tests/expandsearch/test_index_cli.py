@@ -1,0 +1,53 @@
+"""Tests for ``expandsearch index``: a real subprocess builds index directories that load and search."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from retriever_server.corpus import load_passages, write_wiki18_jsonl
+from retriever_server.index_dir import load_index
+
+EXPANDSEARCH = Path(sys.executable).parent / "expandsearch"
+
+
+def expandsearch(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    if not EXPANDSEARCH.is_file():
+        pytest.skip(f"console script not installed at {EXPANDSEARCH} (pip install -e .)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [str(EXPANDSEARCH), *map(str, args)], capture_output=True, text=True, timeout=300, env=env, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "corpus.jsonl"
+    write_wiki18_jsonl(load_passages(shared_data / "wiki18_sample" / "wiki18_passages7923.jsonl")[:40], path)
+    return path
+
+
+@pytest.mark.parametrize(("kind", "extra"), [("bm25", []), ("dense", ["--faiss", "hnsw", "--batch-size", "8"])])
+def test_index_round_trip(corpus: Path, tmp_path: Path, kind: str, extra: list[str]) -> None:
+    out = tmp_path / "index"
+    result = expandsearch("index", "--corpus", corpus, "--kind", kind, "--out", out, *extra)
+    assert result.returncode == 0, result.stderr
+    assert f"{kind} index of 40 passages" in result.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == kind
+    retriever = load_index(out)
+    passage = load_passages(corpus)[3]
+    # top-3, not top-1: dense retrieval may rank another chunk of the same article first
+    assert passage.id in [hit.id for hit in retriever.search(f"{passage.title} {passage.text[:100]}", k=3)]
+
+
+def test_missing_corpus_is_a_user_error(tmp_path: Path) -> None:
+    result = expandsearch("index", "--corpus", tmp_path / "none.jsonl", "--kind", "bm25", "--out", tmp_path / "i")
+    assert result.returncode == 2
+    assert "corpus file not found" in result.stderr
+    assert "Traceback" not in result.stderr

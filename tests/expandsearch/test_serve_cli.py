@@ -1,0 +1,113 @@
+"""``expandsearch serve-retriever`` as a real subprocess on a free port, over a BM25 index directory."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from retriever_server.corpus import load_passages, write_wiki18_jsonl
+
+EXPANDSEARCH = Path(sys.executable).parent / "expandsearch"
+TOKEN_VAR = "EXPANDSEARCH_TEST_RETRIEVER_TOKEN"
+
+
+def require_console_script() -> None:
+    if not EXPANDSEARCH.is_file():
+        pytest.skip(f"console script not installed at {EXPANDSEARCH} (pip install -e .)")
+
+
+@pytest.fixture(scope="module")
+def index_dir(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    try:
+        from retriever_server.index_dir import build_index
+    except ImportError as error:  # written in a parallel change; the CLI needs it to load anything
+        pytest.skip(f"retriever_server.index_dir.build_index not available yet: {error}")
+    folder = tmp_path_factory.mktemp("serve_cli")
+    corpus = folder / "corpus.jsonl"
+    write_wiki18_jsonl(load_passages(shared_data / "wiki18_sample" / "wiki18_passages7923.jsonl")[:200], corpus)
+    build_index(corpus, "bm25", folder / "index", progress=False)
+    return folder / "index"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def served(index_dir: Path) -> Iterator[str]:
+    require_console_script()
+    port = free_port()
+    env = {**os.environ, TOKEN_VAR: "cli-token"}
+    command = [str(EXPANDSEARCH), "serve-retriever", "--index", str(index_dir), "--port", str(port)]
+    process = subprocess.Popen(
+        [*command, "--token-env", TOKEN_VAR, "--topk-max", "5"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(url, process)
+        yield url
+    finally:
+        process.terminate()  # uvicorn shuts down cleanly on SIGTERM
+        process.wait(timeout=30)
+
+
+def wait_for_health(url: str, process: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(
+                f"serve-retriever exited with {process.returncode}: {process.stdout.read() if process.stdout else ''}"
+            )
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    pytest.fail(f"serve-retriever did not answer {url}/health within {timeout} s")
+
+
+def test_serve_retriever_answers_health_and_retrieve(served: str) -> None:
+    assert httpx.get(f"{served}/health").json() == {"status": "ok", "passages": 200}
+    payload = {"queries": ["Exploration of Uranus"], "topk": 2, "return_scores": True}
+    assert httpx.post(f"{served}/retrieve", json=payload).status_code == 401
+    headers = {"Authorization": "Bearer cli-token"}
+    answer = httpx.post(f"{served}/retrieve", json=payload, headers=headers, timeout=60).json()
+    assert answer["result"][0][0]["document"]["title"] == "Exploration of Uranus"
+    too_many = httpx.post(f"{served}/retrieve", json={**payload, "topk": 6}, headers=headers)
+    assert too_many.status_code == 422
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    require_console_script()
+    return subprocess.run(
+        [str(EXPANDSEARCH), "serve-retriever", *args], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+
+
+def test_unset_token_variable_is_a_user_error(index_dir: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if key != TOKEN_VAR}
+    result = run_cli("--index", str(index_dir), "--token-env", TOKEN_VAR, env=env)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert TOKEN_VAR in result.stderr
+
+
+def test_missing_index_is_a_user_error(tmp_path: Path) -> None:
+    result = run_cli("--index", str(tmp_path / "nothing-here"))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
