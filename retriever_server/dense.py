@@ -319,6 +319,11 @@ def _to_gpu(index: Any, kind: str) -> Any:
     # faiss-cpu wheels lack the GPU API, and HNSW has no GPU implementation: both stay on the CPU.
     if kind == "hnsw" or not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
         return index
+    if faiss.get_num_gpus() > 1:
+        # Several GPUs: shard the vectors across them, so an index larger than one GPU's memory still fits.
+        options = faiss.GpuMultipleClonerOptions()
+        options.shard = True
+        return faiss.index_cpu_to_all_gpus(index, co=options)
     return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
 
 
