@@ -8,6 +8,7 @@ retrievers all implement it, so the server and the agent environment never care 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -37,3 +38,31 @@ class Retriever(Protocol):
     def batch_search(self, queries: Sequence[str], k: int = 3, threads: int = 1) -> list[list[SearchHit]]: ...
 
     def describe(self) -> dict[str, Any]: ...
+
+
+class BatchRetriever(ABC):
+    """What every retriever here shares: ``search`` is a batch of one, and ``k`` is checked in one place.
+
+    Subclasses implement ``_batch_search`` (called with a non-empty list and ``k >= 1``), ``__len__`` and
+    ``describe``.
+    """
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def _batch_search(self, queries: list[str], k: int, threads: int) -> list[list[SearchHit]]: ...
+
+    def search(self, query: str, k: int = 3) -> list[SearchHit]:
+        return self.batch_search([query], k)[0]
+
+    def batch_search(self, queries: Sequence[str], k: int = 3, threads: int = 1) -> list[list[SearchHit]]:
+        """Top-k hits per query, in query order, best first."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if not queries:
+            return []
+        return self._batch_search(list(queries), k, threads)

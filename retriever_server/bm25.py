@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from retriever_server.base import SearchHit
+from retriever_server.base import BatchRetriever, SearchHit
 from retriever_server.corpus import Passage, load_passages, write_wiki18_jsonl
 
 
-class BM25Index:
+class BM25Index(BatchRetriever):
     """BM25 over an in-memory passage list."""
 
     CORPUS_FILE = "corpus.jsonl"
@@ -49,17 +49,10 @@ class BM25Index:
     def describe(self) -> dict[str, Any]:
         return {"kind": "bm25", "passages": len(self.passages), "language": self.language, "library": "bm25s"}
 
-    def search(self, query: str, k: int = 3) -> list[SearchHit]:
-        return self.batch_search([query], k)[0]
-
-    def batch_search(self, queries: Sequence[str], k: int = 3, threads: int = 1) -> list[list[SearchHit]]:
-        """Top-k hits per query, in query order; hits with no term overlap (score 0) are dropped."""
+    def _batch_search(self, queries: list[str], k: int, threads: int) -> list[list[SearchHit]]:
+        """Hits with no term overlap (score 0) are dropped, so a query may get fewer than k."""
         import bm25s
 
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        if not queries:
-            return []
         query_tokens = bm25s.tokenize(
             list(queries), stopwords="en", stemmer=self._stemmer, show_progress=False, return_ids=False
         )

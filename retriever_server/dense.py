@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retriever_server.base import SearchHit
+from retriever_server.base import BatchRetriever, SearchHit
 from retriever_server.store import PassageStore
 
 if TYPE_CHECKING:
@@ -327,7 +327,7 @@ def _to_gpu(index: Any, kind: str) -> Any:
     return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
 
 
-class DenseIndex:
+class DenseIndex(BatchRetriever):
     """Dense retrieval over a ``PassageStore``: encode queries, search FAISS, return ``SearchHit`` lists."""
 
     def __init__(
@@ -404,15 +404,8 @@ class DenseIndex:
     def __len__(self) -> int:
         return len(self.store)
 
-    def search(self, query: str, k: int = 3) -> list[SearchHit]:
-        return self.batch_search([query], k)[0]
-
-    def batch_search(self, queries: Sequence[str], k: int = 3, threads: int = 1) -> list[list[SearchHit]]:
-        """Top-k hits per query, best first. FAISS parallelises with its own OpenMP pool, so ``threads`` is unused."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        if not queries:
-            return []
+    def _batch_search(self, queries: list[str], k: int, threads: int) -> list[list[SearchHit]]:
+        # FAISS parallelises with its own OpenMP pool, so ``threads`` is unused.
         scores, rows = self.index.search(self.encoder.encode_queries(queries), min(k, len(self.store)))
         return [self._hits(row_list, score_list) for row_list, score_list in zip(rows, scores, strict=True)]
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from retriever_server.base import Retriever, SearchHit
+from retriever_server.base import BatchRetriever, Retriever, SearchHit
 
 RRF_K = 60
 DEFAULT_DEPTH = 20
@@ -87,7 +87,7 @@ class Reranker:
         return {"reranker": self.path}
 
 
-class HybridRetriever:
+class HybridRetriever(BatchRetriever):
     """RRF of two retrievers (BM25 and dense, usually) over the same passages, optionally re-ranked."""
 
     def __init__(
@@ -112,12 +112,7 @@ class HybridRetriever:
     def __len__(self) -> int:
         return len(self.lexical)
 
-    def search(self, query: str, k: int = 3) -> list[SearchHit]:
-        return self.batch_search([query], k)[0]
-
-    def batch_search(self, queries: Sequence[str], k: int = 3, threads: int = 1) -> list[list[SearchHit]]:
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+    def _batch_search(self, queries: list[str], k: int, threads: int) -> list[list[SearchHit]]:
         depth = max(k, self.depth, self.rerank_top_n if self.reranker else 0)
         lexical = self.lexical.batch_search(queries, depth, threads)
         dense = self.dense.batch_search(queries, depth, threads)
