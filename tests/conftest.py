@@ -1,10 +1,12 @@
-"""Shared test helpers: the location of the read-only real data beside the repository."""
+"""Shared test helpers: the location of the read-only real data beside the repository, and its wiki-18 sample."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+from retriever_server.corpus import Passage, load_passages
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
@@ -17,3 +19,9 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared real data not found at {SHARED_DATA.resolve()} (expected ../shared/data beside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def wiki18_passages(shared_data: Path) -> tuple[Passage, ...]:
+    """The 7,923 passages of the shared wiki-18 sample, parsed once per session (tests take slices)."""
+    return tuple(load_passages(shared_data / "wiki18_sample" / "wiki18_passages7923.jsonl"))

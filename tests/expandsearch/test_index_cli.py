@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from retriever_server.corpus import load_passages, write_wiki18_jsonl
+from retriever_server.corpus import Passage, load_passages, write_wiki18_jsonl
 from retriever_server.index_dir import load_index
 
 EXPANDSEARCH = Path(sys.executable).parent / "expandsearch"
@@ -26,9 +26,9 @@ def expandsearch(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def corpus(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def corpus(wiki18_passages: tuple[Passage, ...], tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cli") / "corpus.jsonl"
-    write_wiki18_jsonl(load_passages(shared_data / "wiki18_sample" / "wiki18_passages7923.jsonl")[:40], path)
+    write_wiki18_jsonl(wiki18_passages[:40], path)
     return path
 
 

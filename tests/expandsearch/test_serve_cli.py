@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from retriever_server.corpus import load_passages, write_wiki18_jsonl
+from retriever_server.corpus import Passage, write_wiki18_jsonl
+from retriever_server.index_dir import build_index
 
 EXPANDSEARCH = Path(sys.executable).parent / "expandsearch"
 TOKEN_VAR = "EXPANDSEARCH_TEST_RETRIEVER_TOKEN"
@@ -25,14 +26,10 @@ def require_console_script() -> None:
 
 
 @pytest.fixture(scope="module")
-def index_dir(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        from retriever_server.index_dir import build_index
-    except ImportError as error:  # written in a parallel change; the CLI needs it to load anything
-        pytest.skip(f"retriever_server.index_dir.build_index not available yet: {error}")
+def index_dir(wiki18_passages: tuple[Passage, ...], tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("serve_cli")
     corpus = folder / "corpus.jsonl"
-    write_wiki18_jsonl(load_passages(shared_data / "wiki18_sample" / "wiki18_passages7923.jsonl")[:200], corpus)
+    write_wiki18_jsonl(wiki18_passages[:200], corpus)
     build_index(corpus, "bm25", folder / "index", progress=False)
     return folder / "index"
 

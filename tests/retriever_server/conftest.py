@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import pytest
 
 from retriever_server.base import SearchHit
 from retriever_server.bm25 import BM25Index
-from retriever_server.corpus import load_passages
+from retriever_server.corpus import Passage
 from retriever_server.server import ServerThread, create_app
 
 WIKI_PASSAGES = 400
@@ -34,9 +33,8 @@ class CountingBM25(BM25Index):
 
 
 @pytest.fixture(scope="session")
-def wiki_index(shared_data: Path) -> CountingBM25:
-    passages = load_passages(shared_data / "wiki18_sample" / "wiki18_passages7923.jsonl")[:WIKI_PASSAGES]
-    index = CountingBM25.build(passages)
+def wiki_index(wiki18_passages: tuple[Passage, ...]) -> CountingBM25:
+    index = CountingBM25.build(wiki18_passages[:WIKI_PASSAGES])
     index.search("warm up numba")  # the first numba retrieval compiles for seconds; not inside a request timeout
     return index
 

@@ -192,8 +192,8 @@ def test_load_missing_directory_raises(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def wiki_passages(shared_data: Path) -> list[Passage]:
-    return load_passages(shared_data / "wiki18_sample" / "wiki18_passages7923.jsonl")[:2000]
+def wiki_passages(wiki18_passages: tuple[Passage, ...]) -> list[Passage]:
+    return list(wiki18_passages[:2000])
 
 
 @pytest.fixture(scope="module")

@@ -294,8 +294,8 @@ def test_write_wiki18_jsonl_round_trip(tmp_path: Path) -> None:
     assert "Zürich" in lines[2]  # written as UTF-8, not \u escapes
 
 
-def test_round_trip_of_shared_sample_slice(shared_data: Path, tmp_path: Path) -> None:
-    passages = load_passages(shared_data / "wiki18_sample" / "wiki18_passages7923.jsonl")[:300]
+def test_round_trip_of_shared_sample_slice(wiki18_passages: tuple[Passage, ...], tmp_path: Path) -> None:
+    passages = list(wiki18_passages[:300])
     path = tmp_path / "slice.jsonl"
     write_wiki18_jsonl(passages, path)
     assert load_passages(path) == passages

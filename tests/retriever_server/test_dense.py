@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retriever_server.corpus import Passage, load_passages
+from retriever_server.corpus import Passage
 from retriever_server.dense import (
     BGE_QUERY_INSTRUCTION,
     ENCODER_FAMILIES,
@@ -35,8 +35,8 @@ def encoder() -> Encoder:
 
 
 @pytest.fixture(scope="module")
-def passages(shared_data: Path) -> list[Passage]:
-    return load_passages(shared_data / "wiki18_sample" / "wiki18_passages7923.jsonl")[:150]
+def passages(wiki18_passages: tuple[Passage, ...]) -> list[Passage]:
+    return list(wiki18_passages[:150])
 
 
 @pytest.fixture(scope="module")

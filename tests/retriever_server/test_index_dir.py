@@ -10,7 +10,7 @@ import pytest
 
 from retriever_server.base import Retriever
 from retriever_server.bm25 import BM25Index
-from retriever_server.corpus import Passage, load_passages, write_wiki18_jsonl
+from retriever_server.corpus import Passage, write_wiki18_jsonl
 from retriever_server.dense import DenseIndex
 from retriever_server.hybrid import HybridRetriever
 from retriever_server.index_dir import FORMAT_VERSION, MANIFEST, IndexDirError, build_index, load_index
@@ -19,8 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")
-def passages(shared_data: Path) -> list[Passage]:
-    return load_passages(shared_data / "wiki18_sample" / "wiki18_passages7923.jsonl")[:60]
+def passages(wiki18_passages: tuple[Passage, ...]) -> list[Passage]:
+    return list(wiki18_passages[:60])
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,13 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from retriever_server.corpus import CorpusFormatError, Passage, iter_passages, load_passages, write_wiki18_jsonl
+from retriever_server.corpus import CorpusFormatError, Passage, iter_passages, write_wiki18_jsonl
 from retriever_server.store import PassageStore, write_store
-
-WIKI18 = Path("wiki18_sample") / "wiki18_passages7923.jsonl"
 
 
 @pytest.fixture(scope="module")
-def wiki_passages(shared_data: Path) -> list[Passage]:
-    return load_passages(shared_data / WIKI18)[:500]
+def wiki_passages(wiki18_passages: tuple[Passage, ...]) -> list[Passage]:
+    return list(wiki18_passages[:500])
 
 
 @pytest.fixture(scope="module")
