@@ -27,6 +27,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -644,11 +645,14 @@ class WorldLexicon:
             for name in entity.all_names
         }
 
+    @cached_property
+    def _by_canonical_name(self) -> dict[str, Entity]:
+        return {entity.name: entity for entity in self.entities.values()}
+
     def aliases_of(self, canonical_name: str) -> list[str]:
-        for entity in self.entities.values():
-            if entity.name == canonical_name:
-                return entity.all_names
-        return [canonical_name]
+        # the expert asks this for every lookup of every turn: a dict, not a scan of all entities
+        entity = self._by_canonical_name.get(canonical_name)
+        return entity.all_names if entity else [canonical_name]
 
 
 def questions_of_type(examples: Sequence[QAExample], qtype: str) -> list[QAExample]:
