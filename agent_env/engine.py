@@ -1,0 +1,302 @@
+"""The generation interface the episode driver speaks, and the transformers engine that serves it.
+
+The driver never owns a model (DESIGN.md §3). It calls ``await engine.generate(prompt_ids, sampling)`` and gets
+back ``Generation(token_ids, logprobs, stop_reason)``: tokens in, tokens out, the same shape as verl's agent-loop
+``server_manager.generate``. Engines:
+
+- :class:`TransformersEngine` (here): a transformers model behind an :class:`~agent_env.batching.AsyncBatcher`.
+  Requests from concurrent episodes are coalesced into one left-padded batch decoded with a KV cache; each row
+  keeps its own stop strings, max new tokens, temperature and top-p, and rows that finish leave the batch.
+- ``agent_env.engines_remote``: vLLM in-process, and any OpenAI-compatible completions endpoint (vLLM, SGLang, or
+  ``expandsearch serve-llm``) called with token ids.
+
+Log-probs are those of the sampled tokens under the model itself (before temperature and top-p), which is what
+vLLM returns by default and what PPO's importance ratio compares against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
+
+from agent_env.batching import AsyncBatcher, BatchStats
+from agent_env.protocol import STOP_STRINGS
+
+if TYPE_CHECKING:
+    import torch
+
+StopReason = Literal["stop", "eos", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one turn. ``temperature == 0`` means greedy decoding."""
+
+    max_new_tokens: int = 500
+    """Most tokens to generate (Search-R1: 500 per turn)."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 picks the most likely token."""
+    top_p: float = 1.0
+    """Nucleus sampling: sample from the smallest set of tokens whose probability reaches top_p."""
+    stop: tuple[str, ...] = STOP_STRINGS
+    """Generation ends once the generated text contains one of these (the token that completes it is kept)."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if any(not stop for stop in self.stop):
+            raise ValueError("stop strings must be non-empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+class Generation(NamedTuple):
+    """One generated turn: the sampled token ids, their log-probs and why generation ended."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    stop_reason: StopReason
+
+
+@runtime_checkable
+class LLMEngine(Protocol):
+    """What the episode driver needs from a policy: token-in/token-out generation and a context limit."""
+
+    @property
+    def max_context_tokens(self) -> int | None:
+        """The model's context length (prompt + generation), or None when unknown."""
+        ...
+
+    async def generate(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> Generation: ...
+
+
+def check_prompt(prompt_ids: Sequence[int], max_context_tokens: int | None) -> None:
+    """Reject a prompt no engine can continue: empty, or already filling the whole context."""
+    if not prompt_ids:
+        raise ValueError("prompt_ids is empty")
+    if max_context_tokens is not None and len(prompt_ids) >= max_context_tokens:
+        raise ValueError(f"prompt has {len(prompt_ids)} tokens; the model's context is {max_context_tokens}")
+
+
+@dataclass
+class _Row:
+    """One request inside a decoding batch."""
+
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    max_new_tokens: int
+    token_ids: list[int]
+    logprobs: list[float]
+    stop_reason: StopReason | None = None
+
+
+class TransformersEngine:
+    """Micro-batching generation over a transformers causal LM (CPU or GPU).
+
+    Construct it from a loaded model and tokenizer, or with :meth:`from_pretrained` (a model directory, a
+    ``.gguf`` file, or a packaged model name; see :mod:`agent_env.models`). Use it from one event loop at a time.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_batch_size: int = 64,
+        max_wait_s: float = 0.0,
+        seed: int = 0,
+        extra_stop_token_ids: Sequence[int] = (),
+    ) -> None:
+        import torch
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.stop_token_ids = frozenset(_end_of_turn_ids(model, tokenizer)) | frozenset(extra_stop_token_ids)
+        self.pad_token_id = _pad_id(tokenizer, self.stop_token_ids)
+        self._generator = torch.Generator(device=self.device).manual_seed(seed)
+        self._batcher: AsyncBatcher[_Row, Generation] = AsyncBatcher(
+            self._generate_batch_in_thread, max_batch_size=max_batch_size, max_wait_s=max_wait_s
+        )
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, device: str | None = None, dtype: str | None = None, **options: Any):  # type: ignore[no-untyped-def]
+        from agent_env.models import load_causal_lm
+
+        model, tokenizer = load_causal_lm(path, device=device, dtype=dtype)
+        return cls(model, tokenizer, **options)
+
+    @property
+    def max_context_tokens(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    @property
+    def batch_stats(self) -> BatchStats:
+        return self._batcher.stats
+
+    async def generate(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> Generation:
+        # Validated here, not in the batch, so one bad request cannot fail the other episodes batched with it.
+        check_prompt(prompt_ids, self.max_context_tokens)
+        room = self.max_context_tokens - len(prompt_ids) if self.max_context_tokens else sampling.max_new_tokens
+        row = _Row(list(prompt_ids), sampling, min(sampling.max_new_tokens, room), [], [])
+        return await self._batcher.submit(row)
+
+    def generate_batch(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams) -> list[Generation]:
+        """Synchronous batched generation of many prompts (benchmarks, evaluation without episodes)."""
+        for prompt in prompts:
+            check_prompt(prompt, self.max_context_tokens)
+        return self._generate_batch([_Row(list(p), sampling, sampling.max_new_tokens, [], []) for p in prompts])
+
+    async def aclose(self) -> None:
+        await self._batcher.aclose()
+
+    async def _generate_batch_in_thread(self, rows: list[_Row]) -> list[Generation]:
+        # A worker thread, so retrieval and squeezing of other episodes go on while the model decodes.
+        return await asyncio.to_thread(self._generate_batch, rows)
+
+    def _generate_batch(self, rows: list[_Row]) -> list[Generation]:
+        import torch
+
+        with torch.inference_mode():
+            _BatchDecoder(self, rows).run()
+        return [Generation(row.token_ids, row.logprobs, row.stop_reason or "length") for row in rows]
+
+
+class _BatchDecoder:
+    """Decodes one left-padded batch step by step with a KV cache, dropping rows as they finish."""
+
+    def __init__(self, engine: TransformersEngine, rows: list[_Row]) -> None:
+        import torch
+
+        self.engine = engine
+        self.rows = rows
+        self.active = list(range(len(rows)))  # indices into rows of the rows still in the batch
+        width = max(len(row.prompt_ids) for row in rows)
+        device = engine.device
+        ids = torch.full((len(rows), width), engine.pad_token_id, dtype=torch.long, device=device)
+        mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        for index, row in enumerate(rows):
+            ids[index, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids, device=device)
+            mask[index, width - len(row.prompt_ids) :] = 1
+        self.input_ids = ids
+        self.attention_mask = mask
+        self.position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.temperature = torch.tensor([row.sampling.temperature for row in rows], device=device)
+        self.top_p = torch.tensor([row.sampling.top_p for row in rows], device=device)
+        self.cache: Any = None
+        self.longest_stop = max((len(stop) for row in rows for stop in row.sampling.stop), default=0)
+
+    def run(self) -> None:
+        while self.active:
+            logits = self._forward()
+            tokens, logprobs = self._sample(logits)
+            self._append(tokens.tolist(), logprobs.tolist())
+            self._drop_finished(tokens)
+
+    def _forward(self) -> torch.Tensor:
+        outputs = self.engine.model(
+            input_ids=self.input_ids,
+            attention_mask=self.attention_mask,
+            position_ids=self.position_ids,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.cache = outputs.past_key_values
+        return outputs.logits[:, -1, :].float()
+
+    def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        log_probs = torch.log_softmax(logits, dim=-1)
+        greedy = self.temperature == 0
+        tokens = log_probs.argmax(dim=-1)
+        if not bool(greedy.all()):
+            scaled = logits / self.temperature.clamp(min=1e-6).unsqueeze(-1)
+            probs = _top_p_filter(torch.softmax(scaled, dim=-1), self.top_p)
+            sampled = torch.multinomial(probs, 1, generator=self.engine._generator).squeeze(-1)
+            tokens = torch.where(greedy, tokens, sampled)
+        return tokens, log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+    def _append(self, tokens: list[int], logprobs: list[float]) -> None:
+        rows = [self.rows[index] for index in self.active]
+        for row, token, logprob in zip(rows, tokens, logprobs, strict=True):
+            row.token_ids.append(token)
+            row.logprobs.append(logprob)
+        tails = self._decoded_tails(rows)
+        for row, tail in zip(rows, tails, strict=True):
+            row.stop_reason = _stop_reason(row, tail, self.engine.stop_token_ids)
+
+    def _decoded_tails(self, rows: list[_Row]) -> list[str]:
+        # Every token decodes to at least one character, so the last `longest_stop` tokens hold any stop string
+        # that the newest token completed; decoding only that tail keeps the check cheap.
+        if not self.longest_stop:
+            return [""] * len(rows)
+        tails = [row.token_ids[-self.longest_stop :] for row in rows]
+        return list(self.engine.tokenizer.batch_decode(tails, skip_special_tokens=False))
+
+    def _drop_finished(self, tokens: torch.Tensor) -> None:
+        import torch
+
+        keep = [position for position, index in enumerate(self.active) if self.rows[index].stop_reason is None]
+        self.active = [self.active[position] for position in keep]
+        if not self.active:
+            return
+        next_ids = tokens.unsqueeze(-1)
+        next_positions = self.position_ids[:, -1:] + 1
+        self.attention_mask = torch.cat([self.attention_mask, torch.ones_like(next_ids)], dim=-1)
+        if len(keep) < len(tokens):
+            index = torch.tensor(keep, device=tokens.device)
+            self.cache.batch_select_indices(index)
+            next_ids, next_positions = next_ids[index], next_positions[index]
+            self.attention_mask = self.attention_mask[index]
+            self.temperature, self.top_p = self.temperature[index], self.top_p[index]
+        self.input_ids, self.position_ids = next_ids, next_positions
+
+
+def _stop_reason(row: _Row, tail: str, stop_token_ids: frozenset[int]) -> StopReason | None:
+    if row.token_ids[-1] in stop_token_ids:
+        return "eos"
+    if any(stop in tail for stop in row.sampling.stop):
+        return "stop"
+    if len(row.token_ids) >= row.max_new_tokens:
+        return "length"
+    return None
+
+
+def _top_p_filter(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Zero the tail of each row's distribution beyond its nucleus (the top token always stays)."""
+    import torch
+
+    if bool((top_p >= 1).all()):
+        return probs
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    sorted_probs = sorted_probs.masked_fill(mass_before >= top_p.unsqueeze(-1), 0.0)
+    return torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+
+
+def _end_of_turn_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Token ids that end a turn: the generation config's EOS ids, the tokenizer's, and ChatML's ``<|im_end|>``."""
+    ids: set[int] = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    return ids
+
+
+def _pad_id(tokenizer: Any, stop_token_ids: frozenset[int]) -> int:
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    return min(stop_token_ids) if stop_token_ids else 0
