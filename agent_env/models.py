@@ -48,7 +48,7 @@ def resolve_model_path(spec: str | Path) -> tuple[Path, str | None]:
         return path.parent, path.name
     if not path.is_dir():
         known = ", ".join(sorted(PACKAGED_MODELS))
-        raise FileNotFoundError(f"model not found: {path} (expected a model directory, a .gguf file, or one of: {known})")
+        raise FileNotFoundError(f"no model at {path} (expected a model directory, a .gguf file or one of: {known})")
     if (path / "config.json").is_file():
         return path, None
     ggufs = sorted(path.glob("*.gguf"))

@@ -136,7 +136,7 @@ class Squeezer(ABC):
     async def squeeze_many(self, requests: Sequence[SqueezeRequest]) -> list[SqueezeResult]:
         return list(await asyncio.gather(*(self.squeeze(request) for request in requests)))
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 -- optional hook, most squeezers hold nothing
         """Release clients or batchers (nothing by default)."""
 
 
@@ -154,7 +154,7 @@ SQUEEZER_KINDS: dict[str, Callable[..., Squeezer]] = {}
 
 
 def make_squeezer(spec: str, **options: Any) -> Squeezer:
-    """Build a squeezer from ``KIND`` or ``KIND:ARGUMENT`` (``none``, ``extractive``, ``local:PATH``, ``openai:URL``)."""
+    """A squeezer from ``KIND`` or ``KIND:ARGUMENT``: ``none``, ``extractive``, ``local:PATH``, ``openai:URL``."""
     kind, _, argument = spec.partition(":")
     if kind not in SQUEEZER_KINDS:
         raise ValueError(f"unknown squeezer {spec!r}; known kinds: {', '.join(sorted(SQUEEZER_KINDS))}")
