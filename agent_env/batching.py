@@ -8,19 +8,21 @@ function, so the model or index sees a batch instead of a trickle::
     result = await batcher.submit(request)   # from many coroutines at once
 
 Policy: a batch takes whatever queued while the previous batch ran (up to ``max_batch_size``), optionally waiting
-``max_wait_s`` after the first request to let more arrive. Batches run one at a time, so a batch function that
-holds a model never runs concurrently with itself. If the batch function raises, every request of that batch
-gets the exception; the batcher keeps serving later requests.
+up to ``max_wait_s`` after the first request to let more arrive (no longer once the batch is full). Batches run one
+at a time, so a batch function that holds a model never runs concurrently with itself. If the batch function
+raises, every request of that batch gets the exception; the batcher keeps serving later requests. Waiters that
+were cancelled are dropped before their batch runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 RequestT = TypeVar("RequestT")
 ResultT = TypeVar("ResultT")
@@ -34,6 +36,8 @@ class BatchStats:
     requests: int = 0
     largest_batch: int = 0
     batch_sizes: list[int] = field(default_factory=list)
+    busy_s: float = 0.0
+    """Wall time spent inside the batch function (for an engine: time spent decoding)."""
 
     @property
     def mean_batch_size(self) -> float:
@@ -75,8 +79,10 @@ class AsyncBatcher(Generic[RequestT, ResultT]):
     def _ensure_worker(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._worker is not None and not self._worker.done() and self._worker.get_loop() is loop:
             return
-        # First use, or a new event loop (each asyncio.run in tests or a sync wrapper): start a worker bound to it.
-        self._queue.clear()
+        if self._worker is not None and self._worker.get_loop() is not loop:
+            # A new event loop (each asyncio.run in tests or a sync wrapper): requests of the old loop are dead.
+            # On the same loop (a worker stopped by aclose) the queued requests are still live and stay queued.
+            self._queue.clear()
         self._wakeup = asyncio.Event()
         self._worker = loop.create_task(self._serve())
 
@@ -85,10 +91,19 @@ class AsyncBatcher(Generic[RequestT, ResultT]):
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            if self.max_wait_s and len(self._queue) < self.max_batch_size:
-                await asyncio.sleep(self.max_wait_s)
+            await self._wait_for_more()
             while self._queue:
                 await self._run_one_batch()
+
+    async def _wait_for_more(self) -> None:
+        """Give late requests up to ``max_wait_s`` to join the batch, but stop waiting once it is full."""
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_s
+        while len(self._queue) < self.max_batch_size and (remaining := deadline - loop.time()) > 0:
+            self._wakeup.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
 
     async def _run_one_batch(self) -> None:
         size = min(len(self._queue), self.max_batch_size)
@@ -97,6 +112,7 @@ class AsyncBatcher(Generic[RequestT, ResultT]):
         if not live:
             return
         self._record(len(live))
+        started = time.perf_counter()
         try:
             results = await self._batch_fn([request for request, _ in live])
             if len(results) != len(live):
@@ -106,6 +122,18 @@ class AsyncBatcher(Generic[RequestT, ResultT]):
                 if not future.done():
                     future.set_exception(error)
             return
+        except asyncio.CancelledError:
+            # The batch's requests are off the queue: cancel their waiters, or aclose (or the loop shutting down)
+            # would leave them awaiting forever.
+            _cancel(future for _, future in live)
+            if _being_cancelled():
+                raise
+            return  # the batch function cancelled itself: only this batch is lost, later batches are served
+        except BaseException:  # KeyboardInterrupt, SystemExit: stop, but leave no waiter hanging
+            _cancel(future for _, future in live)
+            raise
+        finally:
+            self.stats.busy_s += time.perf_counter() - started
         for (_, future), result in zip(live, results, strict=True):
             if not future.done():
                 future.set_result(result)
@@ -126,3 +154,15 @@ class AsyncBatcher(Generic[RequestT, ResultT]):
         while self._queue:
             _, future = self._queue.popleft()
             future.cancel()
+
+
+def _cancel(futures: Iterable[asyncio.Future[Any]]) -> None:
+    for future in futures:
+        future.cancel()  # a no-op on futures already done
+
+
+def _being_cancelled() -> bool:
+    """Whether the current task was asked to stop (rather than something it awaited raising CancelledError)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+; before it, every CancelledError counts
+    return cancelling is None or cancelling() > 0

@@ -7,7 +7,7 @@ back ``Generation(token_ids, logprobs, stop_reason)``: tokens in, tokens out, th
 - :class:`TransformersEngine` (here): a transformers model behind an :class:`~agent_env.batching.AsyncBatcher`.
   Requests from concurrent episodes are coalesced into one left-padded batch decoded with a KV cache; each row
   keeps its own stop strings, max new tokens, temperature and top-p, and rows that finish leave the batch.
-- ``agent_env.engines_remote``: vLLM in-process, and any OpenAI-compatible completions endpoint (vLLM, SGLang, or
+- ``agent_env.vllm_engine`` (vLLM in-process) and ``agent_env.openai_compat`` (any OpenAI-compatible completions endpoint: vLLM, SGLang, or
   ``expandsearch serve-llm``) called with token ids.
 
 Log-probs are those of the sampled tokens under the model itself (before temperature and top-p), which is what
@@ -17,6 +17,10 @@ vLLM returns by default and what PPO's importance ratio compares against.
 from __future__ import annotations
 
 import asyncio
+import inspect
+import math
+import operator
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
@@ -41,17 +45,28 @@ class SamplingParams:
     top_p: float = 1.0
     """Nucleus sampling: sample from the smallest set of tokens whose probability reaches top_p."""
     stop: tuple[str, ...] = STOP_STRINGS
-    """Generation ends once the generated text contains one of these (the token that completes it is kept)."""
+    """Generation ends once the generated text contains one of these (the token that completes it is kept).
+    A single string or a list is accepted and stored as a tuple."""
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
+        # Checked here, at the caller, because a bad value inside a batch (a NaN temperature makes the sampler
+        # raise) would fail every other request decoded with it.
+        try:
+            max_new_tokens = operator.index(self.max_new_tokens)
+        except TypeError:
+            raise TypeError(f"max_new_tokens must be an integer, got {self.max_new_tokens!r}") from None
+        if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be finite and >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if any(not stop for stop in self.stop):
-            raise ValueError("stop strings must be non-empty")
+        # A bare string would otherwise be iterated as one-character stop strings.
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if any(not isinstance(text, str) or not text for text in stop):
+            raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
+        object.__setattr__(self, "max_new_tokens", max_new_tokens)
+        object.__setattr__(self, "stop", stop)
 
     @property
     def greedy(self) -> bool:
@@ -78,12 +93,17 @@ class LLMEngine(Protocol):
     async def generate(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> Generation: ...
 
 
-def check_prompt(prompt_ids: Sequence[int], max_context_tokens: int | None) -> None:
-    """Reject a prompt no engine can continue: empty, or already filling the whole context."""
+def check_prompt(prompt_ids: Sequence[int], max_context_tokens: int | None, vocab_size: int | None = None) -> None:
+    """Reject a prompt no engine can continue: empty, already filling the whole context, or (when ``vocab_size``
+    is given) holding an id outside the vocabulary, which would crash the embedding lookup of a whole batch."""
     if not prompt_ids:
         raise ValueError("prompt_ids is empty")
     if max_context_tokens is not None and len(prompt_ids) >= max_context_tokens:
         raise ValueError(f"prompt has {len(prompt_ids)} tokens; the model's context is {max_context_tokens}")
+    if vocab_size is not None:
+        bad = [token for token in prompt_ids if not 0 <= token < vocab_size]
+        if bad:
+            raise ValueError(f"prompt has token ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
 
 
 @dataclass
@@ -122,13 +142,22 @@ class TransformersEngine:
         self.device = next(model.parameters()).device
         self.stop_token_ids = frozenset(_end_of_turn_ids(model, tokenizer)) | frozenset(extra_stop_token_ids)
         self.pad_token_id = _pad_id(tokenizer, self.stop_token_ids)
+        self.vocab_size: int = model.get_input_embeddings().num_embeddings
+        # Only the last position's logits are needed; without this a long batched prompt materialises
+        # batch x prompt x vocab float logits (tens of GB for a 150k vocabulary).
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._generator = torch.Generator(device=self.device).manual_seed(seed)
+        # One decode at a time: the async batcher already serialises its batches, but generate_batch may be
+        # called from another thread, and the model, its cache and the sampling generator are not thread-safe.
+        self._lock = threading.Lock()
         self._batcher: AsyncBatcher[_Row, Generation] = AsyncBatcher(
             self._generate_batch_in_thread, max_batch_size=max_batch_size, max_wait_s=max_wait_s
         )
 
     @classmethod
-    def from_pretrained(cls, path: str, *, device: str | None = None, dtype: str | None = None, **options: Any):  # type: ignore[no-untyped-def]
+    def from_pretrained(
+        cls, path: str, *, device: str | None = None, dtype: str | None = None, **options: Any
+    ) -> TransformersEngine:
         from agent_env.models import load_causal_lm
 
         model, tokenizer = load_causal_lm(path, device=device, dtype=dtype)
@@ -144,16 +173,20 @@ class TransformersEngine:
 
     async def generate(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> Generation:
         # Validated here, not in the batch, so one bad request cannot fail the other episodes batched with it.
-        check_prompt(prompt_ids, self.max_context_tokens)
-        room = self.max_context_tokens - len(prompt_ids) if self.max_context_tokens else sampling.max_new_tokens
-        row = _Row(list(prompt_ids), sampling, min(sampling.max_new_tokens, room), [], [])
-        return await self._batcher.submit(row)
+        return await self._batcher.submit(self._make_row(prompt_ids, sampling))
 
     def generate_batch(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams) -> list[Generation]:
         """Synchronous batched generation of many prompts (benchmarks, evaluation without episodes)."""
-        for prompt in prompts:
-            check_prompt(prompt, self.max_context_tokens)
-        return self._generate_batch([_Row(list(p), sampling, sampling.max_new_tokens, [], []) for p in prompts])
+        rows = [self._make_row(prompt, sampling) for prompt in prompts]
+        return self._generate_batch(rows) if rows else []
+
+    def _make_row(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> _Row:
+        """Check a prompt and clip its generation budget to the context left after it."""
+        check_prompt(prompt_ids, self.max_context_tokens, self.vocab_size)
+        max_new_tokens = sampling.max_new_tokens
+        if self.max_context_tokens is not None:
+            max_new_tokens = min(max_new_tokens, self.max_context_tokens - len(prompt_ids))
+        return _Row([int(token) for token in prompt_ids], sampling, max_new_tokens, [], [])
 
     async def aclose(self) -> None:
         await self._batcher.aclose()
@@ -165,7 +198,7 @@ class TransformersEngine:
     def _generate_batch(self, rows: list[_Row]) -> list[Generation]:
         import torch
 
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             _BatchDecoder(self, rows).run()
         return [Generation(row.token_ids, row.logprobs, row.stop_reason or "length") for row in rows]
 
@@ -192,7 +225,10 @@ class _BatchDecoder:
         self.temperature = torch.tensor([row.sampling.temperature for row in rows], device=device)
         self.top_p = torch.tensor([row.sampling.top_p for row in rows], device=device)
         self.cache: Any = None
-        self.longest_stop = max((len(stop) for row in rows for stop in row.sampling.stop), default=0)
+        # Every token decodes to at least one byte, so the tokens that complete a stop string are among the last
+        # (its UTF-8 length) ones; one more gives context (a sentencepiece decode drops a leading space otherwise).
+        longest = max((len(stop.encode()) for row in rows for stop in row.sampling.stop), default=0)
+        self.tail_tokens = longest + 1 if longest else 0
 
     def run(self) -> None:
         while self.active:
@@ -208,6 +244,7 @@ class _BatchDecoder:
             position_ids=self.position_ids,
             past_key_values=self.cache,
             use_cache=True,
+            **({"logits_to_keep": 1} if self.engine._logits_to_keep else {}),
         )
         self.cache = outputs.past_key_values
         return outputs.logits[:, -1, :].float()
@@ -235,12 +272,14 @@ class _BatchDecoder:
             row.stop_reason = _stop_reason(row, tail, self.engine.stop_token_ids)
 
     def _decoded_tails(self, rows: list[_Row]) -> list[str]:
-        # Every token decodes to at least one character, so the last `longest_stop` tokens hold any stop string
-        # that the newest token completed; decoding only that tail keeps the check cheap.
-        if not self.longest_stop:
+        # Decoding only the tail that can hold a just-completed stop string keeps the check cheap.
+        if not self.tail_tokens:
             return [""] * len(rows)
-        tails = [row.token_ids[-self.longest_stop :] for row in rows]
-        return list(self.engine.tokenizer.batch_decode(tails, skip_special_tokens=False))
+        tails = [row.token_ids[-self.tail_tokens :] for row in rows]
+        decoded = self.engine.tokenizer.batch_decode(
+            tails, skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+        return list(decoded)
 
     def _drop_finished(self, tokens: torch.Tensor) -> None:
         import torch

@@ -3,7 +3,10 @@
 No model hub is reachable here, and a real (if tiny) model beats a fake one in tests, benchmarks and the CPU
 demo. :func:`train_tokenizer` trains a byte-level BPE on the given texts, with ChatML special tokens and a
 ChatML chat template (the layout Qwen2 models use), and with the protocol tags (``<search>``, ``</answer>``,
-…) as single tokens so a tiny policy can learn the action format quickly. :func:`build_tiny_qwen2` makes a
+…) as single tokens so a tiny policy can learn the action format quickly. Its normalizer and pre-tokenizer are
+Qwen2's own (NFC, Qwen2's split regex, byte-level), because ``AutoTokenizer`` loads any ``qwen2`` model directory
+as ``Qwen2Tokenizer``, which rebuilds those two parts whatever ``tokenizer.json`` says: a tokenizer trained with
+other ones would encode differently after a save and load. :func:`build_tiny_qwen2` makes a
 random-weight ``Qwen2ForCausalLM`` sized for that vocabulary. :func:`save_tiny_policy` writes both in the
 standard transformers layout, loadable with ``AutoModelForCausalLM`` / ``AutoTokenizer`` and by
 ``expandsearch chat --model DIR``.
@@ -55,15 +58,28 @@ class TinyQwen2Config:
     """Key/value heads (grouped-query attention, as in Qwen2)."""
     max_position_embeddings: int = 4096
     """Context length: prompt plus every turn and observation of an episode."""
+    initializer_range: float = 0.02
+    """Standard deviation of the random weights. At the default an untrained model mostly repeats its last input
+    token; about 0.3 gives varied, context-dependent output (engine tests need that)."""
+    tie_word_embeddings: bool = True
+    """Share the input embedding with the output head (as small Qwen2 models do)."""
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Any:
     """Train a byte-level BPE tokenizer on ``texts``; returns a ``PreTrainedTokenizerFast`` with a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Exactly Qwen2Tokenizer's pipeline (see the module docstring), so the saved directory loads back identical.
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -76,6 +92,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Any:
         tokenizer_object=backend,
         eos_token=IM_END,
         pad_token=END_OF_TEXT,
+        unk_token=END_OF_TEXT,  # what Qwen2Tokenizer sets on load; byte-level BPE never produces it
         bos_token=None,
         additional_special_tokens=[IM_START],
         clean_up_tokenization_spaces=False,
@@ -93,14 +110,15 @@ def build_tiny_qwen2(tokenizer: Any, config: TinyQwen2Config | None = None, seed
     size = asdict(config or TinyQwen2Config())
     qwen_config = Qwen2Config(
         vocab_size=len(tokenizer),
-        tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         **size,
     )
-    torch.manual_seed(seed)
-    return Qwen2ForCausalLM(qwen_config).eval()
+    # A forked RNG: the same seed gives the same weights without resetting the caller's global torch RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Qwen2ForCausalLM(qwen_config).eval()
 
 
 def save_tiny_policy(
