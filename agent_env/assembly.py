@@ -50,10 +50,21 @@ class EnvSpec:
 
 
 async def build_env(spec: EnvSpec) -> AgentEnv:
-    """Load or connect everything the spec names; raises EnvSetupError / FileNotFoundError with the reason."""
-    engine, tokenizer = _build_engine(spec)
+    """Load or connect everything the spec names; raises EnvSetupError / FileNotFoundError with the reason.
+
+    The cheap checks (model path, squeezer spec, index or retriever) come before loading the policy, so a typo
+    fails in a second rather than after the model has loaded.
+    """
+    from agent_env.models import resolve_model_path
+
+    resolve_model_path(spec.model)
     search = await _build_search(spec)
-    squeezer = make_squeezer(spec.squeezer)
+    try:
+        squeezer = make_squeezer(spec.squeezer)
+    except Exception:
+        await search.aclose()
+        raise
+    engine, tokenizer = _build_engine(spec)
     return AgentEnv(engine, tokenizer, search, squeezer, spec.config)
 
 

@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", type=int, default=3, help="most query variants per search (default 3)")
     parser.add_argument("--topk", type=int, default=3, help="passages per variant (default 3)")
     parser.add_argument("--max-turns", type=int, default=4, help="turns per episode, answer included (default 4)")
+    parser.add_argument("--turn-tokens", type=int, default=500, help="most tokens per policy turn (default 500)")
     parser.add_argument("--temperature", type=float, default=0.0, help="policy temperature (default 0: greedy)")
 
 
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
             max_variants=args.variants,
             topk=args.topk,
             max_turns=args.max_turns,
+            max_turn_tokens=args.turn_tokens,
             temperature=args.temperature,
         )
         spec = EnvSpec(

@@ -17,6 +17,7 @@ from agent_env.scripted import ScriptedPolicy
 from agent_env.search import LocalSearch
 from agent_env.squeezers import Squeezer, SqueezeRequest
 from data_prep.synthetic import World
+from expandsearch.cli import main
 from expandsearch.commands.chat import show_trajectory
 from retriever_server.corpus import write_wiki18_jsonl
 from retriever_server.index_dir import build_index, load_index
@@ -40,7 +41,17 @@ def chat(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
 
 def test_once_json_prints_the_full_trace(tiny_policy_dir: Path, world_index_dir: Path, tiny_world: World) -> None:
     question = tiny_world.questions["test"][0].question
-    result = chat("--model", str(tiny_policy_dir), "--index", str(world_index_dir), "--once", question, "--json")
+    result = chat(
+        "--model",
+        str(tiny_policy_dir),
+        "--index",
+        str(world_index_dir),
+        "--once",
+        question,
+        "--json",
+        "--turn-tokens",
+        "32",
+    )
     assert result.returncode == 0, result.stderr
     trace = json.loads(result.stdout)
     assert trace["question"] == question
@@ -76,13 +87,13 @@ def test_once_prints_turns_and_the_answer_line(tiny_policy_dir: Path, world_inde
     ],
 )
 def test_setup_errors_are_one_clear_line(
-    args: list[str], message: str, tiny_policy_dir: Path, world_index_dir: Path
+    args: list[str], message: str, tiny_policy_dir: Path, world_index_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     filled = [arg.format(model=tiny_policy_dir, index=world_index_dir) for arg in args]
-    result = chat(*filled, "--once", "anything")
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+    assert main(["chat", *filled, "--once", "anything"]) == 2  # in-process: the same CLI, without the start-up
+    stderr = capsys.readouterr().err
+    assert message in stderr
+    assert len(stderr.strip().splitlines()) == 1
 
 
 class _EchoSqueezer(Squeezer):
@@ -92,13 +103,16 @@ class _EchoSqueezer(Squeezer):
         return f"SUMMARY of {len(request.passages)} passages for {' | '.join(request.queries)}"
 
 
-def test_view_shows_thinking_variants_passages_summary_and_answer(tiny_policy_dir: Path, world_index_dir: Path) -> None:
+def test_view_shows_thinking_variants_passages_summary_and_answer(
+    tiny_policy_dir: Path, world_index_dir: Path, tiny_world: World
+) -> None:
     tokenizer = load_tokenizer(tiny_policy_dir)
+    name = tiny_world.passages[0].title
 
     def respond(context: str) -> str:
         if "<information>" in context.split("<|im_start|>assistant")[-1]:
             return "<think> found it </think><answer> Kalmar </answer>"
-        return "<think> look up the founder </think><search> Xol founder ## Xol founded by </search>"
+        return f"<think> look up the founder </think><search> {name} founder ## {name} founded by </search>"
 
     env = AgentEnv(
         ScriptedPolicy(tokenizer, respond),
@@ -107,11 +121,16 @@ def test_view_shows_thinking_variants_passages_summary_and_answer(tiny_policy_di
         _EchoSqueezer(),
         EpisodeConfig(),
     )
-    trajectory = asyncio.run(run_episode(env, "Who founded Xol?"))
+    trajectory = asyncio.run(run_episode(env, f"Who founded {name}?"))
     console = Console(record=True, width=200)
     show_trajectory(trajectory, console)
     shown = console.export_text()
-    for expected in ("look up the founder", "variant 1: Xol founder", "variant 2: Xol founded by", "SUMMARY of"):
+    for expected in (
+        "look up the founder",
+        f"variant 1: {name} founder",
+        f"variant 2: {name} founded by",
+        "SUMMARY of",
+    ):
         assert expected in shown
     first_title = trajectory.turns[0].hits_per_query[0][0]["title"]
     assert first_title in shown, "the top passage of each variant is listed"
