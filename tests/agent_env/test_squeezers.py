@@ -17,7 +17,11 @@ from typing import Any
 import pytest
 
 from agent_env.engine import Generation, SamplingParams, TransformersEngine
+from agent_env.episode import AgentEnv, EpisodeConfig
 from agent_env.protocol import render_no_results, render_passages
+from agent_env.rollout import EpisodeInput, RolloutRunner
+from agent_env.scripted import ScriptedPolicy
+from agent_env.search import LocalSearch
 from agent_env.squeezers import (
     FALLBACK_CHARS,
     SQUEEZER_KINDS,
@@ -571,3 +575,43 @@ def test_smollm2_writes_real_summaries(smollm2: LocalLLMSqueezer, tiny_world: Wo
         # a summary of these documents, not a refusal or free text: it names something the documents name
         assert terms(result.text) & terms(render_passages(request.passages)), result.text
         assert len(result.text) < len(render_passages(request.passages))
+
+
+@pytest.mark.slow
+def test_smollm2_squeezes_inside_concurrent_episodes(
+    smollm2: LocalLLMSqueezer, tiny_world: World, policy_tokenizer: Any, world_index: Any
+) -> None:
+    """The real model as the squeezer of three concurrent episodes: its summaries are what the policy reads."""
+    examples = questions_of_type(tiny_world.questions["train"], "single_hop")[:3]
+    searches = {
+        example.question: f"{example.metadata['hops'][0]['subject']} ## "
+        f"{example.metadata['hops'][0]['subject']} {RELATIONS[example.metadata['hops'][0]['relation']].keywords[0]}"
+        for example in examples
+    }
+
+    def respond(context: str) -> str:
+        if "</information>" in context.rsplit("<|im_start|>assistant", 1)[-1]:
+            return "<answer> done </answer>"
+        question = context.split("Question: ", 1)[1].split("\n", 1)[0]
+        return f"<search> {searches[question]} </search>"
+
+    env = AgentEnv(
+        ScriptedPolicy(policy_tokenizer, respond), policy_tokenizer, LocalSearch(world_index), smollm2, EpisodeConfig()
+    )
+    batches_before = smollm2.engine.batch_stats.batch_sizes[:]  # type: ignore[attr-defined]
+    runner = RolloutRunner(env)
+    inputs = [EpisodeInput(example.question, tuple(example.golden_answers)) for example in examples]
+    trajectories = run(runner.run(inputs))
+
+    new_batches = smollm2.engine.batch_stats.batch_sizes[len(batches_before) :]  # type: ignore[attr-defined]
+    assert max(new_batches) > 1, "the three episodes' squeezes were decoded together"
+    for trajectory in trajectories:
+        search_turn = trajectory.turns[0]
+        assert search_turn.action == "search"
+        assert not search_turn.squeezer_fell_back, search_turn.squeezer_error
+        assert trajectory.metrics["squeezer_fallbacks"] == 0
+        summary = search_turn.observation
+        environment_text = policy_tokenizer.decode(
+            [token for token, mask in zip(trajectory.response_ids, trajectory.response_mask, strict=True) if not mask]
+        )
+        assert summary.strip() in environment_text, "the summary went into the context as environment tokens"
