@@ -17,6 +17,8 @@ COMMANDS = {
     "demo": "demo",
     "index": "index",
     "serve-retriever": "serve_retriever",
+    "serve-llm": "serve_llm",
+    "chat": "chat",
 }
 
 
