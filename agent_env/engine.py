@@ -7,8 +7,8 @@ back ``Generation(token_ids, logprobs, stop_reason)``: tokens in, tokens out, th
 - :class:`TransformersEngine` (here): a transformers model behind an :class:`~agent_env.batching.AsyncBatcher`.
   Requests from concurrent episodes are coalesced into one left-padded batch decoded with a KV cache; each row
   keeps its own stop strings, max new tokens, temperature and top-p, and rows that finish leave the batch.
-- ``agent_env.vllm_engine`` (vLLM in-process) and ``agent_env.openai_compat`` (any OpenAI-compatible completions endpoint: vLLM, SGLang, or
-  ``expandsearch serve-llm``) called with token ids.
+- ``agent_env.vllm_engine`` (vLLM in-process) and ``agent_env.openai_compat`` (any OpenAI-compatible
+  completions endpoint: vLLM, SGLang, or ``expandsearch serve-llm``, called with token ids).
 
 Log-probs are those of the sampled tokens under the model itself (before temperature and top-p), which is what
 vLLM returns by default and what PPO's importance ratio compares against.
