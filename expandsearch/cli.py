@@ -19,6 +19,7 @@ COMMANDS = {
     "serve-retriever": "serve_retriever",
     "serve-llm": "serve_llm",
     "chat": "chat",
+    "warm-start": "warm_start",
 }
 
 
