@@ -8,19 +8,17 @@ call, so tests can compare the trajectory with exactly what the engine produced.
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import CountingBM25
 
 from agent_env.engine import Generation, LLMEngine, SamplingParams, TransformersEngine
 from agent_env.scripted import ScriptedPolicy
 from data_prep.synthetic import World
-from retriever_server.base import SearchHit
 from retriever_server.bm25 import BM25Index
 from retriever_server.corpus import Passage
 from retriever_server.server import ServerThread, create_app
@@ -31,18 +29,6 @@ SECRET = "ZEBRA-SECRET-7731"
 ASSISTANT = "<|im_start|>assistant"
 FEEDBACK_END = "Please try again."
 """The last words of the invalid-action feedback (``agent_env.protocol.invalid_action_feedback``)."""
-
-
-class CountingBM25(BM25Index):
-    """BM25Index counting its ``batch_search`` calls (servers call it from worker threads, hence the lock)."""
-
-    calls = 0
-    _lock = threading.Lock()
-
-    def batch_search(self, queries: Sequence[str], k: int = 3, threads: int = 1) -> list[list[SearchHit]]:
-        with self._lock:
-            self.calls += 1
-        return super().batch_search(queries, k, threads)
 
 
 @pytest.fixture(scope="session")
@@ -89,16 +75,6 @@ def tiny_engine(tiny_policy_dir: Path) -> Iterator[TransformersEngine]:
     torch.set_num_threads(1)
     yield TransformersEngine.from_pretrained(str(tiny_policy_dir), device="cpu", seed=0)
     torch.set_num_threads(threads)
-
-
-def free_port() -> int:
-    """A local port with nothing listening on it (a retriever that is down)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-# ---------------------------------------------------------------------------------------------- policies
 
 
 def assistant_text(context: str) -> str:

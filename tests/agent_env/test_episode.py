@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+from support import CountingBM25, free_port
 
 from agent_env.engine import LLMEngine, TransformersEngine
 from agent_env.episode import (
@@ -34,10 +35,8 @@ from retriever_server.server import ServerThread, create_app
 
 from .conftest import (
     SECRET,
-    CountingBM25,
     RecordingEngine,
     ScriptThenModel,
-    free_port,
     mask_runs,
     run_texts,
     script,

@@ -8,7 +8,6 @@ stand in for what cannot run here (vLLM/SGLang answers, a 503, a server that han
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 import torch
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from support import free_port
 
 from agent_env.engine import SamplingParams, TransformersEngine
 from agent_env.models import load_causal_lm
@@ -112,12 +112,6 @@ def direct(policy: tuple[Any, Any]) -> TransformersEngine:
 @pytest.fixture(scope="module")
 def prompt_ids(tokenizer: Any) -> list[int]:
     return list(tokenizer("Where was the company headquarters")["input_ids"])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def post(url: str, body: Any) -> httpx.Response:

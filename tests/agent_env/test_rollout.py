@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from support import CountingBM25
 
 from agent_env.engine import Generation, SamplingParams, TransformersEngine
 from agent_env.episode import AgentEnv, EpisodeConfig, Trajectory
@@ -22,7 +23,7 @@ from agent_env.search import HttpSearch, LocalSearch
 from agent_env.squeezers import NoSqueezer
 from data_prep.synthetic import World
 
-from .conftest import CountingBM25, assistant_text, question_of, run_texts, script
+from .conftest import assistant_text, question_of, run_texts, script
 
 TERMINATIONS = ("answer", "max_turns", "response_budget", "context_full")
 

@@ -10,14 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
+from support import CountingBM25, free_port
 
 from agent_env.search import HttpSearch, LocalSearch
 from data_prep.synthetic import World
 from retriever_server.base import SearchHit
 from retriever_server.client import RetrieverUnavailableError
 from retriever_server.server import ServerThread, create_app
-
-from .conftest import CountingBM25, free_port
 
 
 @pytest.fixture(scope="module")

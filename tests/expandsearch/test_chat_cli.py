@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from rich.console import Console
+from support import run_expandsearch
 
 from agent_env.episode import AgentEnv, EpisodeConfig, run_episode
 from agent_env.models import load_tokenizer
@@ -22,8 +22,6 @@ from expandsearch.commands.chat import show_trajectory
 from retriever_server.corpus import write_wiki18_jsonl
 from retriever_server.index_dir import build_index, load_index
 
-EXPANDSEARCH = Path(sys.executable).parent / "expandsearch"
-
 
 @pytest.fixture(scope="module")
 def world_index_dir(tiny_world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -34,9 +32,7 @@ def world_index_dir(tiny_world: World, tmp_path_factory: pytest.TempPathFactory)
 
 
 def chat(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    if not EXPANDSEARCH.is_file():
-        pytest.skip(f"console script not installed at {EXPANDSEARCH} (pip install -e .)")
-    return subprocess.run([str(EXPANDSEARCH), "chat", *args], capture_output=True, text=True, timeout=timeout)
+    return run_expandsearch("chat", *args, timeout=timeout)
 
 
 def test_once_json_prints_the_full_trace(tiny_policy_dir: Path, world_index_dir: Path, tiny_world: World) -> None:

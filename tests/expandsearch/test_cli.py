@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from support import run_expandsearch
 
 from data_prep.formats import read_qa_jsonl
 from retriever_server.corpus import load_passages
 
-EXPANDSEARCH = Path(sys.executable).parent / "expandsearch"
 SUBCOMMANDS = ("world", "demo")
 WORLD_FILES = [
     "corpus.jsonl",
@@ -24,11 +23,7 @@ QUESTION_TYPES = ("single_hop", "bridge", "three_hop", "comparison")
 
 
 def expandsearch(*args: str | Path, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    if not EXPANDSEARCH.is_file():
-        pytest.skip(f"console script not installed at {EXPANDSEARCH} (pip install -e .)")
-    return subprocess.run(
-        [str(EXPANDSEARCH), *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False
-    )
+    return run_expandsearch(*args, timeout=timeout, cwd=cwd)
 
 
 def assert_user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:

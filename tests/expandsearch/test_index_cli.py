@@ -5,24 +5,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support import run_expandsearch
 
 from retriever_server.corpus import Passage, load_passages, write_wiki18_jsonl
 from retriever_server.index_dir import load_index
 
-EXPANDSEARCH = Path(sys.executable).parent / "expandsearch"
-
 
 def expandsearch(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    if not EXPANDSEARCH.is_file():
-        pytest.skip(f"console script not installed at {EXPANDSEARCH} (pip install -e .)")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [str(EXPANDSEARCH), *map(str, args)], capture_output=True, text=True, timeout=300, env=env, check=False
-    )
+    return run_expandsearch(*args, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 @pytest.fixture(scope="module")

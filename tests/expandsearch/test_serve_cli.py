@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from support import free_port, require_console_script, run_expandsearch, wait_for_health
 
 from retriever_server.corpus import Passage, write_wiki18_jsonl
 from retriever_server.index_dir import build_index
 
-EXPANDSEARCH = Path(sys.executable).parent / "expandsearch"
 TOKEN_VAR = "EXPANDSEARCH_TEST_RETRIEVER_TOKEN"
-
-
-def require_console_script() -> None:
-    if not EXPANDSEARCH.is_file():
-        pytest.skip(f"console script not installed at {EXPANDSEARCH} (pip install -e .)")
 
 
 @pytest.fixture(scope="module")
@@ -34,18 +26,12 @@ def index_dir(wiki18_passages: tuple[Passage, ...], tmp_path_factory: pytest.Tem
     return folder / "index"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def served(index_dir: Path) -> Iterator[str]:
-    require_console_script()
+    script = require_console_script()
     port = free_port()
     env = {**os.environ, TOKEN_VAR: "cli-token"}
-    command = [str(EXPANDSEARCH), "serve-retriever", "--index", str(index_dir), "--port", str(port)]
+    command = [str(script), "serve-retriever", "--index", str(index_dir), "--port", str(port)]
     process = subprocess.Popen(
         [*command, "--token-env", TOKEN_VAR, "--topk-max", "5"],
         env=env,
@@ -55,26 +41,11 @@ def served(index_dir: Path) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_health(url, process)
+        wait_for_health(url, process, lambda: process.stdout.read() if process.stdout else "", timeout=60)
         yield url
     finally:
         process.terminate()  # uvicorn shuts down cleanly on SIGTERM
         process.wait(timeout=30)
-
-
-def wait_for_health(url: str, process: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(
-                f"serve-retriever exited with {process.returncode}: {process.stdout.read() if process.stdout else ''}"
-            )
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    pytest.fail(f"serve-retriever did not answer {url}/health within {timeout} s")
 
 
 def test_serve_retriever_answers_health_and_retrieve(served: str) -> None:
@@ -89,10 +60,7 @@ def test_serve_retriever_answers_health_and_retrieve(served: str) -> None:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    require_console_script()
-    return subprocess.run(
-        [str(EXPANDSEARCH), "serve-retriever", *args], capture_output=True, text=True, timeout=60, env=env, check=False
-    )
+    return run_expandsearch("serve-retriever", *args, timeout=60, env=env)
 
 
 def test_unset_token_variable_is_a_user_error(index_dir: Path) -> None:

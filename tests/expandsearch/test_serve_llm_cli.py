@@ -3,50 +3,23 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from support import free_port, require_console_script, run_expandsearch, wait_for_health
 
-EXPANDSEARCH = Path(sys.executable).parent / "expandsearch"
 KEY_VAR = "EXPANDSEARCH_TEST_LLM_KEY"
-
-
-def require_console_script() -> None:
-    if not EXPANDSEARCH.is_file():
-        pytest.skip(f"console script not installed at {EXPANDSEARCH} (pip install -e .)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_health(url: str, process: subprocess.Popen[str], log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"serve-llm exited with {process.returncode}: {log.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    pytest.fail(f"serve-llm did not answer {url}/health within {timeout} s: {log.read_text()}")
 
 
 @pytest.fixture
 def served(tiny_policy_dir: Path, tmp_path: Path) -> Iterator[str]:
-    require_console_script()
+    script = require_console_script()
     port = free_port()
     log = tmp_path / "serve-llm.log"
-    command = [str(EXPANDSEARCH), "serve-llm", "--model", str(tiny_policy_dir), "--port", str(port)]
+    command = [str(script), "serve-llm", "--model", str(tiny_policy_dir), "--port", str(port)]
     command += ["--name", "tiny", "--device", "cpu", "--max-batch-size", "8", "--api-key-env", KEY_VAR]
     with log.open("w") as output:
         # output to a file, not a pipe: a pipe nobody reads would block the server once its buffer fills
@@ -55,7 +28,7 @@ def served(tiny_policy_dir: Path, tmp_path: Path) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_health(url, process, log)
+        wait_for_health(url, process, log.read_text)
         yield url
     finally:
         process.terminate()  # uvicorn shuts down cleanly on SIGTERM
@@ -80,10 +53,7 @@ def test_serve_llm_answers_health_models_and_completions(served: str) -> None:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    require_console_script()
-    return subprocess.run(
-        [str(EXPANDSEARCH), "serve-llm", *args], capture_output=True, text=True, timeout=60, env=env, check=False
-    )
+    return run_expandsearch("serve-llm", *args, timeout=60, env=env)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:

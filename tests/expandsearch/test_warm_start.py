@@ -8,13 +8,13 @@ import json
 import math
 import random
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from support import run_expandsearch
 
 from agent_env.episode import AgentEnv, EpisodeConfig, Trajectory
 from agent_env.rollout import EpisodeInput, RolloutRunner
@@ -42,7 +42,6 @@ from expandsearch.warm_start import (
 )
 from retriever_server.bm25 import BM25Index
 
-EXPANDSEARCH = Path(sys.executable).parent / "expandsearch"
 MICRO = TinyQwen2Config(
     hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1
 )
@@ -276,11 +275,7 @@ def test_a_short_warm_start_teaches_the_action_format(
 
 
 def expandsearch(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    if not EXPANDSEARCH.is_file():
-        pytest.skip(f"console script not installed at {EXPANDSEARCH} (pip install -e .)")
-    return subprocess.run(
-        [str(EXPANDSEARCH), *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return run_expandsearch(*args, timeout=timeout)
 
 
 @pytest.mark.slow

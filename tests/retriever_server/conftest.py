@@ -6,30 +6,16 @@ nothing is mocked. The index counts its ``batch_search`` calls, which is how coa
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import pytest
+from support import CountingBM25
 
-from retriever_server.base import SearchHit
-from retriever_server.bm25 import BM25Index
 from retriever_server.corpus import Passage
 from retriever_server.server import ServerThread, create_app
 
 WIKI_PASSAGES = 400
 TEST_TOKEN = "s3cret-token"
-
-
-class CountingBM25(BM25Index):
-    """BM25Index that counts ``batch_search`` calls (the server runs them in a worker thread, hence the lock)."""
-
-    calls = 0
-    _lock = threading.Lock()
-
-    def batch_search(self, queries: Sequence[str], k: int = 3, threads: int = 1) -> list[list[SearchHit]]:
-        with self._lock:
-            self.calls += 1
-        return super().batch_search(queries, k, threads)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ fail on purpose (503 then recovery, 4xx) or speak Search-R1's plain document sha
 from __future__ import annotations
 
 import math
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +12,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from support import free_port
 
 from retriever_server.bm25 import BM25Index
 from retriever_server.client import (
@@ -73,12 +73,6 @@ def test_splits_requests_above_the_servers_limit(
     with RetrieverClient(server_url, max_queries_per_request=7) as client:  # limit given
         assert client.retrieve(queries[:15], 2) == wiki_index.batch_search(queries[:15], 2)
     assert httpx.get(f"{server_url}/info").json()["stats"]["requests"] - before == 3 + 3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_no_server_raises_unavailable_quickly() -> None:

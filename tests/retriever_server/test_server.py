@@ -10,12 +10,13 @@ from typing import Any
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
+from support import CountingBM25
 
 from retriever_server.base import SearchHit
 from retriever_server.bm25 import BM25Index
 from retriever_server.server import ServerThread, create_app
 
-from .conftest import TEST_TOKEN, CountingBM25
+from .conftest import TEST_TOKEN
 
 
 def post(url: str, **kwargs: Any) -> httpx.Response:

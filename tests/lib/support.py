@@ -1,0 +1,75 @@
+"""Helpers shared by test modules of several packages (``tests/lib`` is on the path via pytest's ``pythonpath``).
+
+Fixtures live in ``conftest.py`` files; this module holds the plain functions and classes that tests import:
+running the installed ``expandsearch`` console script, finding a free port, waiting for a served ``/health``,
+and a BM25 index that counts its batch calls.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import httpx
+import pytest
+
+from retriever_server.base import SearchHit
+from retriever_server.bm25 import BM25Index
+
+EXPANDSEARCH = Path(sys.executable).parent / "expandsearch"
+"""The console script of this environment (``pip install -e .`` puts it next to the interpreter)."""
+
+
+def require_console_script() -> Path:
+    """The console script's path; skips the test when the package is not installed."""
+    if not EXPANDSEARCH.is_file():
+        pytest.skip(f"console script not installed at {EXPANDSEARCH} (pip install -e .)")
+    return EXPANDSEARCH
+
+
+def run_expandsearch(
+    *args: str | Path, timeout: float = 300, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``expandsearch ARGS…`` in a subprocess and capture its output (never raises on a non-zero exit).
+
+    ``env`` replaces the environment, as in ``subprocess.run`` (None: inherit this process's)."""
+    command = [str(require_console_script()), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env, check=False)
+
+
+def free_port() -> int:
+    """A local port with nothing listening on it (for a server to start on, or a retriever that is down)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_health(url: str, process: subprocess.Popen[str], output: Callable[[], str], timeout: float = 120) -> None:
+    """Wait until ``url/health`` answers 200; fail with the server's ``output()`` if it exits or never answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"{process.args} exited with {process.returncode}: {output()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    pytest.fail(f"{url}/health did not answer within {timeout} s: {output()}")
+
+
+class CountingBM25(BM25Index):
+    """BM25Index counting its ``batch_search`` calls (servers call it from worker threads, hence the lock)."""
+
+    calls = 0
+    _lock = threading.Lock()
+
+    def batch_search(self, queries: Sequence[str], k: int = 3, threads: int = 1) -> list[list[SearchHit]]:
+        with self._lock:
+            self.calls += 1
+        return super().batch_search(queries, k, threads)
