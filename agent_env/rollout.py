@@ -15,9 +15,9 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import fmean
-from typing import Any
+from typing import Any, get_args
 
-from agent_env.episode import AgentEnv, Trajectory, run_episode
+from agent_env.episode import AgentEnv, Termination, Trajectory, run_episode
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def summarize_rollouts(trajectories: Sequence[Trajectory]) -> dict[str, float]:
     if searching:  # per-search averages over the episodes that searched, not diluted by those that did not
         for key in ("variants_per_search", "unique_passages_per_search"):
             summary[f"rollout/{key}"] = fmean(trajectory.metrics[key] for trajectory in searching)
-    for termination in ("answer", "max_turns", "response_budget", "context_full"):
+    for termination in get_args(Termination):
         share = sum(trajectory.termination == termination for trajectory in trajectories) / len(trajectories)
         summary[f"rollout/ended_{termination}"] = share
     return summary

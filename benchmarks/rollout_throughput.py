@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from agent_env.assembly import close_env
 from agent_env.engine import TransformersEngine
 from agent_env.episode import AgentEnv, EpisodeConfig
 from agent_env.protocol import build_prompt
@@ -97,7 +98,7 @@ async def main() -> None:
             rows = {"micro-batched": await play(env, inputs, len(inputs))}
             if not args.skip_sequential:
                 rows["one at a time"] = await play(env, inputs, 1)
-            await env.search.aclose()
+            await close_env(env)
     print_table(rows, args, policy)
 
 

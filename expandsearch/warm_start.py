@@ -430,6 +430,7 @@ def _expert_trajectories(
 def _play(
     engine: Any, tokenizer: Any, index: BM25Index, examples: Sequence[QAExample], config: WarmStartConfig
 ) -> list[Trajectory]:
+    from agent_env.assembly import close_env
     from agent_env.search import LocalSearch
     from agent_env.squeezers import make_squeezer
 
@@ -439,10 +440,7 @@ def _play(
         try:
             return await RolloutRunner(env).run(inputs)
         finally:
-            for part in (env.search, env.squeezer, engine):
-                close = getattr(part, "aclose", None)
-                if close is not None:
-                    await close()
+            await close_env(env)
 
     return asyncio.run(play())
 

@@ -143,12 +143,16 @@ def _turn_view(turn: Any) -> Any:
             snippet = hit["text"][:SNIPPET_CHARS] + ("…" if len(hit["text"]) > SNIPPET_CHARS else "")
             parts.append(Text.from_markup(f"   [cyan]{escape(hit['title'])}[/cyan] [dim]{escape(snippet)}[/dim]"))
     if turn.observation:
-        label = (
-            "raw passages (squeezer failed: " + str(turn.squeezer_error) + ")" if turn.squeezer_fell_back else "summary"
-        )
-        if turn.action == "invalid":
-            label = "feedback"
-        parts.append(Text.assemble((f"{label}: ", "bold blue"), turn.observation))
+        parts.append(Text.assemble((f"{_observation_label(turn)}: ", "bold blue"), turn.observation))
     if turn.answer is not None:
         parts.append(Text.assemble(("answer: ", "bold green"), turn.answer))
     return Group(*parts)
+
+
+def _observation_label(turn: Any) -> str:
+    """What the environment's reply to a turn was: feedback, the squeezer's summary, or raw passages after it failed."""
+    if turn.action == "invalid":
+        return "feedback"
+    if turn.squeezer_fell_back:
+        return f"raw passages (squeezer failed: {turn.squeezer_error})"
+    return "summary"
