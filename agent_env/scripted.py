@@ -41,10 +41,19 @@ class ScriptedPolicy:
 
     def _limit(self, token_ids: list[int], sampling: SamplingParams) -> tuple[list[int], StopReason]:
         """Cut at the token completing the first stop string, else at max_new_tokens, as model engines do."""
-        for end in range(1, min(len(token_ids), sampling.max_new_tokens) + 1):
-            text = self.tokenizer.decode(token_ids[:end], skip_special_tokens=False)
-            if any(stop in text for stop in sampling.stop):
-                return token_ids[:end], "stop"
+        allowed = min(len(token_ids), sampling.max_new_tokens)
+        if self._has_stop(token_ids[:allowed], sampling):
+            # A prefix that holds a stop string stays holding one when it grows, so the shortest such prefix
+            # (where a model engine would have stopped) is found by bisection, not by decoding every prefix.
+            low, high = 1, allowed
+            while low < high:
+                middle = (low + high) // 2
+                low, high = (low, middle) if self._has_stop(token_ids[:middle], sampling) else (middle + 1, high)
+            return token_ids[:low], "stop"
         if len(token_ids) > sampling.max_new_tokens:
             return token_ids[: sampling.max_new_tokens], "length"
         return token_ids, "eos"
+
+    def _has_stop(self, token_ids: list[int], sampling: SamplingParams) -> bool:
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=False)
+        return any(stop in text for stop in sampling.stop)
