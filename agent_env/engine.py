@@ -17,6 +17,7 @@ vLLM returns by default and what PPO's importance ratio compares against.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import math
 import operator
@@ -34,6 +35,12 @@ if TYPE_CHECKING:
 StopReason = Literal["stop", "eos", "length"]
 
 
+def derive_seed(*parts: int) -> int:
+    """A 56-bit seed from integers (a run seed, an episode index, a turn): distinct tuples give unrelated seeds."""
+    digest = hashlib.blake2b("/".join(str(part) for part in parts).encode(), digest_size=7).digest()
+    return int.from_bytes(digest, "little")
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample one turn. ``temperature == 0`` means greedy decoding."""
@@ -47,6 +54,9 @@ class SamplingParams:
     stop: tuple[str, ...] = STOP_STRINGS
     """Generation ends once the generated text contains one of these (the token that completes it is kept).
     A single string or a list is accepted and stored as a tuple."""
+    seed: int | None = None
+    """Seeds this request's own sampler, so its tokens do not depend on which other requests share its batch
+    (as vLLM's per-request ``seed``); None draws from the engine's shared generator."""
 
     def __post_init__(self) -> None:
         # Checked here, at the caller, because a bad value inside a batch (a NaN temperature makes the sampler
@@ -116,6 +126,8 @@ class _Row:
     token_ids: list[int]
     logprobs: list[float]
     stop_reason: StopReason | None = None
+    generator: torch.Generator | None = None
+    """The request's own sampler when it has a seed; else the engine's shared one is used."""
 
 
 class TransformersEngine:
@@ -186,7 +198,12 @@ class TransformersEngine:
         max_new_tokens = sampling.max_new_tokens
         if self.max_context_tokens is not None:
             max_new_tokens = min(max_new_tokens, self.max_context_tokens - len(prompt_ids))
-        return _Row([int(token) for token in prompt_ids], sampling, max_new_tokens, [], [])
+        generator = None
+        if sampling.seed is not None:
+            import torch
+
+            generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
+        return _Row([int(token) for token in prompt_ids], sampling, max_new_tokens, [], [], generator=generator)
 
     async def aclose(self) -> None:
         await self._batcher.aclose()
@@ -258,9 +275,22 @@ class _BatchDecoder:
         if not bool(greedy.all()):
             scaled = logits / self.temperature.clamp(min=1e-6).unsqueeze(-1)
             probs = _top_p_filter(torch.softmax(scaled, dim=-1), self.top_p)
-            sampled = torch.multinomial(probs, 1, generator=self.engine._generator).squeeze(-1)
+            sampled = self._draw(probs)
             tokens = torch.where(greedy, tokens, sampled)
         return tokens, log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+    def _draw(self, probs: torch.Tensor) -> torch.Tensor:
+        """One token per active row: seeded rows from their own generator, the rest from the shared one in turn."""
+        import torch
+
+        generators = [self.rows[index].generator for index in self.active]
+        if all(generator is None for generator in generators):
+            return torch.multinomial(probs, 1, generator=self.engine._generator).squeeze(-1)
+        draws = [
+            torch.multinomial(row_probs, 1, generator=generator or self.engine._generator)
+            for row_probs, generator in zip(probs, generators, strict=True)
+        ]
+        return torch.cat(draws)
 
     def _append(self, tokens: list[int], logprobs: list[float]) -> None:
         rows = [self.rows[index] for index in self.active]

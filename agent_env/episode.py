@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from agent_env.engine import Generation, LLMEngine, SamplingParams
+from agent_env.engine import Generation, LLMEngine, SamplingParams, derive_seed
 from agent_env.protocol import (
     STOP_STRINGS,
     Action,
@@ -92,8 +92,8 @@ class EpisodeConfig:
             raise ValueError(f"unknown reward {self.reward!r}; known: {', '.join(sorted(REWARDS))}")
         self.sampling(1)  # a bad temperature or top_p fails here, not in the first turn of every episode
 
-    def sampling(self, max_new_tokens: int) -> SamplingParams:
-        return SamplingParams(max_new_tokens, self.temperature, self.top_p, STOP_STRINGS)
+    def sampling(self, max_new_tokens: int, seed: int | None = None) -> SamplingParams:
+        return SamplingParams(max_new_tokens, self.temperature, self.top_p, STOP_STRINGS, seed)
 
 
 def _em(answer: str | None, golds: Sequence[str], policy_turns: Sequence[str]) -> float:
@@ -211,8 +211,9 @@ def encode_chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[i
 class _Episode:
     """The state of one running episode; :func:`run_episode` drives it."""
 
-    def __init__(self, env: AgentEnv, question: str, golden_answers: Sequence[str]) -> None:
+    def __init__(self, env: AgentEnv, question: str, golden_answers: Sequence[str], seed: int | None = None) -> None:
         self.env = env
+        self.seed = seed
         self.config = env.config
         self.question = question
         self.golden_answers = list(golden_answers)
@@ -239,7 +240,9 @@ class _Episode:
     async def policy_turn(self) -> tuple[Action, TurnRecord]:
         budget = min(self.config.max_turn_tokens, self.room())
         started = time.perf_counter()
-        generation = await self.env.engine.generate(self.prompt_ids + self.response.ids, self.config.sampling(budget))
+        turn_seed = None if self.seed is None else derive_seed(self.seed, len(self.turns))
+        sampling = self.config.sampling(budget, turn_seed)
+        generation = await self.env.engine.generate(self.prompt_ids + self.response.ids, sampling)
         self.counters.generation_s += time.perf_counter() - started
         self.response.add_policy(generation)
         text = self.env.tokenizer.decode(generation.token_ids, skip_special_tokens=True)
@@ -350,10 +353,19 @@ def _hit_dict(hit: SearchHit) -> dict[str, Any]:
 
 
 async def run_episode(
-    env: AgentEnv, question: str, golden_answers: Sequence[str] = (), *, example_id: str | None = None
+    env: AgentEnv,
+    question: str,
+    golden_answers: Sequence[str] = (),
+    *,
+    example_id: str | None = None,
+    seed: int | None = None,
 ) -> Trajectory:
-    """Play one episode to its end and return its trajectory (never raises for anything the policy writes)."""
-    episode = _Episode(env, question, golden_answers)
+    """Play one episode to its end and return its trajectory (never raises for anything the policy writes).
+
+    With a ``seed`` every turn is sampled from its own seeded generator, so the episode is reproducible whatever
+    else the engine batches it with; without one the engine's shared generator is used.
+    """
+    episode = _Episode(env, question, golden_answers, seed)
     config = env.config
     for turn in range(config.max_turns):
         if episode.room() < episode.reserve:  # the same bar as append_observation's: its observation gets a reply

@@ -35,6 +35,7 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from http import HTTPStatus
 from typing import Annotated, Any
 
@@ -45,7 +46,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.exceptions import HTTPException
 
-from agent_env.engine import Generation, LLMEngine, SamplingParams, StopReason, check_prompt
+from agent_env.engine import Generation, LLMEngine, SamplingParams, StopReason, check_prompt, derive_seed
 from agent_env.squeezers import FALLBACK_CHARS, Squeezer, SqueezeRequest, squeezer_messages
 
 TOKEN_ID_PREFIX = "token_id:"
@@ -256,6 +257,7 @@ class OpenAICompletionsEngine:
             "max_tokens": max_tokens,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
+            **({} if sampling.seed is None else {"seed": sampling.seed}),
             "stop": list(sampling.stop),
             "n": 1,
             "stream": False,
@@ -418,6 +420,7 @@ class _OpenAIBody(_Lenient):
     model: str | None = None
     temperature: float | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = None
     stop: StrictStr | list[StrictStr] | None = None
     n: int = Field(1, ge=1)
     stream: bool = False
@@ -580,13 +583,17 @@ class _LLMServer:
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
         temperature = 1.0 if body.temperature is None else body.temperature
         try:
-            return SamplingParams(max_tokens, temperature, 1.0 if body.top_p is None else body.top_p, stop)
+            return SamplingParams(max_tokens, temperature, 1.0 if body.top_p is None else body.top_p, stop, body.seed)
         except ValueError as error:
             raise _APIError(400, str(error)) from error
 
     async def _generate_all(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Generation]:
         # concurrently, so the engine's micro-batcher can decode the prompts of one request as one batch
-        return list(await asyncio.gather(*(self.engine.generate(prompt, sampling) for prompt in prompts)))
+        if sampling.seed is None:
+            requests = [sampling] * len(prompts)
+        else:  # n samples of one seeded request must still differ
+            requests = [replace(sampling, seed=derive_seed(sampling.seed, index)) for index in range(len(prompts))]
+        return list(await asyncio.gather(*map(self.engine.generate, prompts, requests)))
 
     def _completion_choice(
         self, index: int, prompt: list[int], generation: Generation, stops: Sequence[str], body: CompletionBody

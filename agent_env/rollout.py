@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from statistics import fmean
 from typing import Any, get_args
 
+from agent_env.engine import derive_seed
 from agent_env.episode import AgentEnv, Termination, Trajectory, run_episode
 
 
@@ -51,8 +52,13 @@ class RolloutRunner:
         self.max_concurrency = max_concurrency
         self.last_duration_s = 0.0
 
-    async def run(self, inputs: Sequence[EpisodeInput], *, samples_per_input: int = 1) -> list[Trajectory]:
+    async def run(
+        self, inputs: Sequence[EpisodeInput], *, samples_per_input: int = 1, seed: int | None = None
+    ) -> list[Trajectory]:
         """All episodes' trajectories, input-major: ``samples_per_input`` consecutive ones per input.
+
+        With a ``seed``, episode ``j`` of the list samples from seeds derived from ``(seed, j)``: the rollout is
+        then reproducible whatever the concurrency and batching (up to the engine's numerics).
 
         An exception in any episode (a broken engine, say) cancels the others and propagates as itself (not
         wrapped in an ``ExceptionGroup``): a rollout with silently missing episodes would bias training.
@@ -62,14 +68,17 @@ class RolloutRunner:
         slots = asyncio.Semaphore(self.max_concurrency)
         jobs = [item for item in inputs for _ in range(samples_per_input)]
 
-        async def play(item: EpisodeInput) -> Trajectory:
+        async def play(job: int, item: EpisodeInput) -> Trajectory:
+            episode_seed = None if seed is None else derive_seed(seed, job)
             async with slots:
-                return await run_episode(self.env, item.question, item.golden_answers, example_id=item.example_id)
+                return await run_episode(
+                    self.env, item.question, item.golden_answers, example_id=item.example_id, seed=episode_seed
+                )
 
         started = time.perf_counter()
         # gather, not asyncio.TaskGroup: Python 3.10 has no TaskGroup, and the caller gets the episode's own
         # exception rather than an ExceptionGroup around it.
-        tasks = [asyncio.ensure_future(play(item)) for item in jobs]
+        tasks = [asyncio.ensure_future(play(job, item)) for job, item in enumerate(jobs)]
         try:
             trajectories = await asyncio.gather(*tasks)
         except BaseException:

@@ -80,6 +80,7 @@ class VLLMEngine:
             max_tokens=min(sampling.max_new_tokens, room),
             temperature=sampling.temperature,
             top_p=sampling.top_p,
+            seed=sampling.seed,
             stop=list(sampling.stop),
             stop_token_ids=self.extra_stop_token_ids,
             include_stop_str_in_output=True,  # the token that completes a stop string stays, as in our engines

@@ -205,6 +205,19 @@ def test_sampling_is_reproducible_for_a_seed_and_varies_across_seeds(
     assert sample(7) != greedy
 
 
+def test_a_seeded_request_samples_the_same_tokens_whatever_its_batch(
+    model: Any, tokenizer: Any, prompts: list[list[int]]
+) -> None:
+    seeded = SamplingParams(max_new_tokens=10, temperature=1.0, stop=(), seed=11)
+    unseeded = SamplingParams(max_new_tokens=10, temperature=1.0, stop=())
+    alone = generate_alone(TransformersEngine(model, tokenizer, seed=1), prompts[0], seeded).token_ids
+    # batched with unseeded rows of another engine seed, which draw from the shared generator in between
+    mixed = generate_concurrently(TransformersEngine(model, tokenizer, seed=2), prompts[:4], [seeded] + [unseeded] * 3)
+    assert mixed[0].token_ids == alone
+    other_seed = SamplingParams(max_new_tokens=10, temperature=1.0, stop=(), seed=12)
+    assert generate_alone(TransformersEngine(model, tokenizer), prompts[0], other_seed).token_ids != alone
+
+
 def test_tiny_top_p_is_greedy(engine: TransformersEngine, prompts: list[list[int]]) -> None:
     nucleus_of_one = SamplingParams(max_new_tokens=12, temperature=1.0, top_p=1e-6, stop=())
     sampled = generate_concurrently(engine, prompts, nucleus_of_one)

@@ -85,6 +85,24 @@ def test_model_rollout_generation_was_micro_batched(
     assert len(batch_sizes) < sum(batch_sizes) / 8
 
 
+def test_seeded_rollout_is_the_same_whatever_the_concurrency(
+    tiny_engine: TransformersEngine, policy_tokenizer: Any, world_index: Any, tiny_world: World
+) -> None:
+    inputs = inputs_of(tiny_world, 6)
+    config = EpisodeConfig(max_turns=2, max_turn_tokens=16)
+
+    def play(concurrency: int, seed: int) -> list[list[int]]:
+        env = AgentEnv(tiny_engine, policy_tokenizer, LocalSearch(world_index), NoSqueezer(), config)
+        runner = {"max_concurrency": concurrency}
+        trajectories = asyncio.run(rollout(env, inputs, samples_per_input=2, seed=seed, runner=runner))
+        return [trajectory.response_ids for trajectory in trajectories]
+
+    batched = play(12, seed=5)
+    assert play(1, seed=5) == batched
+    assert play(12, seed=6) != batched
+    assert batched[0] != batched[1]  # the samples of one question differ
+
+
 def test_model_rollout_summary(model_rollout: tuple[list[EpisodeInput], list[Trajectory], list[int]]) -> None:
     _, trajectories, _ = model_rollout
     summary = summarize_rollouts(trajectories)
