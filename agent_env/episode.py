@@ -60,6 +60,9 @@ class EpisodeConfig:
     """Prompt template in ``agent_env.protocol.PROMPT_TEMPLATES`` (``search_r1``: one query per search)."""
     max_variants: int = 3
     """Most query variants per search; 1 is Search-R1's single-query protocol."""
+    search_variants: int | None = None
+    """Most of the written variants actually run per search (None: all). ``1`` restricts a multi-variant policy
+    to its first query with the prompt unchanged: the ablation of what the extra variants bring."""
     topk: int = 3
     """Passages retrieved per variant, before de-duplication across variants."""
     max_turns: int = 4
@@ -85,6 +88,8 @@ class EpisodeConfig:
 
     def __post_init__(self) -> None:
         positive = ("max_variants", "topk", "max_turns", "max_turn_tokens", "max_observation_tokens")
+        if self.search_variants is not None and self.search_variants < 1:
+            raise ValueError(f"search_variants must be >= 1 or None, got {self.search_variants}")
         for name in (*positive, "max_response_tokens", "max_query_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -255,12 +260,13 @@ class _Episode:
 
     async def search_and_squeeze(self, action: Action, record: TurnRecord) -> str:
         """The observation body for a search: the squeezed (or raw) de-duplicated passages, or an error text."""
-        hits = await self._retrieve(action.queries, record)
+        queries = action.queries[: self.config.search_variants]
+        hits = await self._retrieve(queries, record)
         if hits is None:
             return record.observation
         passages = merge_variant_hits(hits)
         self.counters.unique_passages += len(passages)
-        request = SqueezeRequest(self.question, action.queries, tuple(passages))
+        request = SqueezeRequest(self.question, queries, tuple(passages))
         result = await self.env.squeezer.squeeze(request)
         self._count_squeeze(result, record)
         return result.text

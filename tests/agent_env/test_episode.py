@@ -196,6 +196,20 @@ def test_metrics_count_what_happened(policy_tokenizer: Any, world_index: BM25Ind
     assert metrics["retrieval_errors"] == metrics["squeezer_fallbacks"] == 0
 
 
+def test_search_variants_runs_only_the_first_written_variants(
+    policy_tokenizer: Any, world_index: BM25Index, example: QAExample
+) -> None:
+    policy = script(policy_tokenizer, [SEARCH, "<answer> Haive Labs </answer>"])
+    env = make_env(policy, policy_tokenizer, LocalSearch(world_index), topk=3, search_variants=1)
+    trajectory = play(env, example)
+    assert trajectory.turns[0].queries == ["F. Tamrail", "Tamrail employer"]  # as written
+    assert trajectory.turns[0].observation == render_passages(
+        merge_variant_hits(world_index.batch_search(["F. Tamrail"], 3))
+    )
+    assert trajectory.metrics["variants_per_search"] == 1
+    assert env.tokenizer.decode(trajectory.prompt_ids).count("up to 3 query") == 1  # the prompt is unchanged
+
+
 # ---------------------------------------------------------------------------------------------- retriever faults
 
 
@@ -570,6 +584,7 @@ def test_format_reward(
         ({"topk": 0}, "topk must be >= 1"),
         ({"max_turn_tokens": 0}, "max_turn_tokens must be >= 1"),
         ({"max_variants": 0}, "max_variants must be >= 1"),
+        ({"search_variants": 0}, "search_variants must be >= 1 or None"),
         ({"reward": "f1"}, "unknown reward 'f1'"),
         ({"max_response_tokens": 0}, "max_response_tokens must be >= 1"),
         ({"max_query_chars": 0}, "max_query_chars must be >= 1"),
