@@ -20,6 +20,7 @@ COMMANDS = {
     "serve-llm": "serve_llm",
     "chat": "chat",
     "warm-start": "warm_start",
+    "train": "train",
 }
 
 

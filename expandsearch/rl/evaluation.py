@@ -1,0 +1,83 @@
+"""Held-out evaluation of a policy on the synthetic world: greedy episodes through the real environment."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from statistics import fmean
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent_env.episode import EpisodeConfig, Trajectory
+    from agent_env.rollout import EpisodeInput
+    from agent_env.search import SearchBackend
+    from retriever_server.bm25 import BM25Index
+
+SHOWN = ("reward_mean", "valid_action_rate", "searches", "variants_per_search", "turns")
+"""Headline metrics (``rollout/…`` keys without the prefix) kept in the summary."""
+
+
+def evaluate_policy(
+    model: Any,
+    tokenizer: Any,
+    search: SearchBackend,
+    inputs: Sequence[EpisodeInput],
+    episode: EpisodeConfig,
+    squeezer: str,
+    loop: asyncio.AbstractEventLoop | None = None,
+    types: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """``{"metrics": {...}, "em_by_type": {...}}`` of greedy episodes of ``model`` on ``inputs``."""
+    from agent_env.engine import TransformersEngine
+    from agent_env.episode import AgentEnv
+    from agent_env.rollout import RolloutRunner
+    from agent_env.squeezers import make_squeezer
+
+    engine = TransformersEngine(model, tokenizer)
+    env = AgentEnv(engine, tokenizer, search, make_squeezer(squeezer), replace(episode, temperature=0.0))
+
+    async def play() -> list[Trajectory]:
+        try:
+            return await RolloutRunner(env).run(list(inputs))
+        finally:
+            await engine.aclose()
+            await env.squeezer.aclose()
+
+    trajectories = loop.run_until_complete(play()) if loop is not None else asyncio.run(play())
+    return summarize(trajectories, types or {})
+
+
+def summarize(trajectories: Sequence[Trajectory], types: Mapping[str, str]) -> dict[str, Any]:
+    from agent_env.rollout import summarize_rollouts
+
+    summary = summarize_rollouts(trajectories)
+    metrics = {key: summary[f"rollout/{key}"] for key in SHOWN if f"rollout/{key}" in summary}
+    metrics["em"] = metrics.pop("reward_mean")
+    metrics["questions"] = float(len(trajectories))
+    by_type: dict[str, list[float]] = defaultdict(list)
+    for trajectory in trajectories:
+        by_type[types.get(trajectory.example_id or "", "all")].append(trajectory.reward)
+    return {"metrics": metrics, "em_by_type": {kind: fmean(rewards) for kind, rewards in sorted(by_type.items())}}
+
+
+def evaluate_directory(
+    policy_dir: Path,
+    index: BM25Index,
+    inputs: Sequence[EpisodeInput],
+    episode: EpisodeConfig,
+    squeezer: str,
+    types: Mapping[str, str],
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """:func:`evaluate_policy` of the policy saved in ``policy_dir``, searching ``index`` in-process."""
+    from agent_env.models import load_causal_lm
+    from agent_env.search import LocalSearch
+
+    model, tokenizer = load_causal_lm(str(policy_dir), device=None if device == "auto" else device, dtype="float32")
+    search = LocalSearch(index)
+    result = evaluate_policy(model, tokenizer, search, inputs, episode, squeezer, types=types)
+    result["policy"] = str(policy_dir)
+    return result
