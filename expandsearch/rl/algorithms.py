@@ -89,7 +89,8 @@ def gae_advantages(
 
     verl's GAE skips masked positions: the value and TD error of an environment token are carried over, so the
     recursion runs over the policy tokens as if the observations were not there (tested against GAE on the
-    compacted policy-only sequence). Advantages come back whitened over the policy tokens.
+    compacted policy-only sequence). Advantages come back whitened over the policy tokens; both are zeroed off
+    them (verl leaves the carried-over values there).
     """
     import torch
 
@@ -100,7 +101,7 @@ def gae_advantages(
         gamma=torch.tensor(gamma),
         lam=torch.tensor(lam),
     )
-    return advantages, returns
+    return advantages * response_mask, returns * response_mask
 
 
 def kl_estimate(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, estimator: str) -> torch.Tensor:

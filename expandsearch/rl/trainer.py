@@ -285,14 +285,14 @@ class Trainer:
         entropy_loss = algorithms.aggregate(entropy, mask, algorithm.loss_agg_mode, normalisers)
         loss = pg_loss - algorithm.entropy_coef * entropy_loss
         share = float(mask.sum()) / max(normalisers["batch_num_tokens"], 1)
-        metrics = {"actor/pg_loss": float(pg_loss), "actor/entropy": float(entropy_loss)}
+        metrics = {"actor/pg_loss": float(pg_loss.detach()), "actor/entropy": float(entropy_loss.detach())}
         metrics |= {key: value * share for key, value in pg_metrics.items()}
         if micro.ref_log_probs is not None:
             kl = algorithms.kl_estimate(log_probs, micro.ref_log_probs, algorithm.kl_loss_type)
             kl_loss = algorithms.aggregate(kl, mask, algorithm.loss_agg_mode, normalisers)
             if algorithm.use_kl_loss:
                 loss = loss + algorithm.kl_loss_coef * kl_loss
-            metrics["actor/kl"] = float(kl_loss)
+            metrics["actor/kl"] = float(kl_loss.detach())
         loss.backward()
         return metrics
 
@@ -312,7 +312,7 @@ class Trainer:
         )
         loss.backward()
         share = float(micro.response_mask.sum()) / max(normalisers["batch_num_tokens"], 1)
-        return {"critic/vf_loss": float(loss), "critic/vf_clipfrac": clip_fraction * share}
+        return {"critic/vf_loss": float(loss.detach()), "critic/vf_clipfrac": clip_fraction * share}
 
     # --- checkpoints ---------------------------------------------------------------------------------------------
 

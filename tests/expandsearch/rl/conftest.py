@@ -1,0 +1,90 @@
+"""A small warm-started policy on the tiny world, shared by the trainer tests (built once per session).
+
+Real pieces only: the tiny synthetic world, its BM25 index, a tokenizer trained on its text, a 2-layer Qwen2
+behaviour-cloned on the scripted expert's episodes for a few hundred steps (valid multi-variant searches, some
+correct answers), so that RL steps see rewards that differ within a group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_env.tiny_model import TinyQwen2Config
+from data_prep.synthetic import World, write_world
+from expandsearch.config import config_from_dict
+from expandsearch.rl.config import TrainConfig
+from expandsearch.warm_start import BCConfig, WarmStartConfig, build_world_policy
+
+SMALL_POLICY = TinyQwen2Config(
+    hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """One thread: on the 2-core CI machine two torch threads per process fight with the test workers."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def world_dir(tiny_world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("rl_world")
+    write_world(tiny_world, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def warm_policy_dir(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("rl_warm_start")
+    config = WarmStartConfig(
+        bc=BCConfig(steps=200, log_every=10_000),
+        model=SMALL_POLICY,
+        vocab_size=2048,
+        demonstrations=400,
+        transcripts_for_tokenizer=100,
+        eval_questions=0,
+    )
+    build_world_policy(world_dir, out, config, log=lambda line: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def make_config(world_dir: Path, warm_policy_dir: Path) -> Any:
+    """``make_config(run_dir, **sections)``: see :func:`train_config`."""
+    return lambda run_dir, **sections: train_config(run_dir, world_dir, warm_policy_dir, **sections)
+
+
+def train_config(run_dir: Path, world_dir: Path, policy_dir: Path, **sections: Any) -> TrainConfig:
+    """A few-episode config over the session's world and warm start; ``sections`` override (nested dicts)."""
+    base: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "steps": 2,
+        "checkpoint_every": 1,
+        "world": {"path": str(world_dir)},
+        "warm_start": {"init": str(policy_dir)},
+        "rollout": {
+            "questions_per_step": 4,
+            "group_size": 2,
+            "episode": {"max_turns": 3, "max_turn_tokens": 60, "reward": "format"},
+        },
+        "algorithm": {"mini_batch_size": 4, "micro_batch_size": 2},
+        "eval": {"questions": 8},
+        "logging": {"progress": False, "plots": False},
+    }
+    return config_from_dict(TrainConfig, _merge(base, sections))
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and key in merged else value
+    return merged

@@ -1,0 +1,124 @@
+"""The embedded trainer on a real warm-started tiny policy: stages, GRPO and PPO steps, checkpoints and resume."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from expandsearch.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from expandsearch.rl.main_job import build_trainer, ensure_index
+from expandsearch.rl.trainer import DataOrder, Trainer
+
+VOLATILE = ("timing/", "perf/")
+"""Metrics that measure the machine, not the run: excluded when runs are compared."""
+
+
+def comparable(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: value for key, value in metrics.items() if not key.startswith(VOLATILE) and not key.endswith("latency_s")
+    }
+
+
+@pytest.fixture
+def make_trainer(world_dir: Path, warm_policy_dir: Path, make_config: Any, tmp_path: Path) -> Iterator[Any]:
+    world, index = ensure_index(world_dir, tmp_path / "index")
+    made: list[Trainer] = []
+
+    def make(**sections: Any) -> Trainer:
+        config = make_config(tmp_path / "run", **sections)
+        made.append(build_trainer(config, warm_policy_dir, world, index))
+        return made[-1]
+
+    yield make
+    for trainer in made:
+        trainer.close()
+
+
+def parameters(model: Any) -> list[torch.Tensor]:
+    return [parameter.detach().clone() for parameter in model.parameters()]
+
+
+def changed(before: list[torch.Tensor], model: Any) -> bool:
+    return any(not torch.equal(old, new) for old, new in zip(before, model.parameters(), strict=True))
+
+
+def test_grpo_step_runs_the_stages_in_order_and_updates_the_policy(make_trainer: Any) -> None:
+    trainer = make_trainer()
+    before = parameters(trainer.policy)
+    metrics = trainer.train_step()
+    stages = [key.removeprefix("timing/") for key in metrics if key.startswith("timing/")]
+    assert stages == ["rollout", "reward", "old_log_prob", "ref_log_prob", "advantages", "update_actor", "step"]
+    assert metrics["rollout/episodes"] == 8
+    for key in ("rollout/reward_mean", "actor/pg_loss", "actor/kl", "actor/entropy", "actor/grad_norm", "actor/lr"):
+        assert key in metrics
+    assert changed(before, trainer.policy)
+    # the trainer's recomputed log-probs are the sampler's: same model, same tokens, no re-tokenization
+    assert metrics["batch/rollout_logprob_gap"] < 1e-4
+
+
+def test_grpo_group_with_equal_rewards_has_no_policy_gradient(make_trainer: Any) -> None:
+    trainer = make_trainer(algorithm={"use_kl_loss": False})
+    trajectories = trainer.rollout()
+    for trajectory in trajectories:
+        trajectory.reward = 1.0
+    batch = trainer.reward(trajectories)
+    batch.old_log_probs = trainer.log_probs(trainer.policy, batch)
+    trainer.advantages(batch)
+    assert batch.advantages is not None
+    assert torch.count_nonzero(batch.advantages) == 0
+
+
+def test_ppo_critic_warms_up_before_the_actor_moves(make_trainer: Any) -> None:
+    trainer = make_trainer(algorithm={"estimator": "gae", "critic_warmup": 1, "gamma": 1.0, "lam": 0.95})
+    assert trainer.critic is not None
+    policy_before, critic_before = parameters(trainer.policy), parameters(trainer.critic)
+    first = trainer.train_step()
+    assert "timing/update_actor" not in first
+    assert not changed(policy_before, trainer.policy)
+    assert changed(critic_before, trainer.critic)
+    assert {"critic/vf_loss", "critic/grad_norm", "critic/values_mean"} <= set(first)
+    second = trainer.train_step()
+    assert "timing/update_actor" in second
+    assert changed(policy_before, trainer.policy)
+
+
+def test_kl_in_reward_shapes_the_rewards(make_trainer: Any) -> None:
+    trainer = make_trainer(algorithm={"use_kl_loss": False, "use_kl_in_reward": True, "kl_reward_coef": 0.1})
+    trainer.train_step()  # the policy moves away from the reference
+    metrics = trainer.train_step()
+    assert "batch/reward_kl" in metrics
+    assert "actor/kl" in metrics  # still reported, though not in the loss
+
+
+def test_data_order_covers_every_question_once_per_epoch_and_resumes() -> None:
+    order = DataOrder(size=10, seed=3)
+    first_epoch = order.next_indices(6) + order.next_indices(4)
+    assert sorted(first_epoch) == list(range(10))
+    state = order.state_dict()
+    continued = order.next_indices(7)
+    resumed = DataOrder(size=10, seed=3)
+    resumed.load_state_dict(state)
+    assert resumed.next_indices(7) == continued
+    assert continued != first_epoch[:7]  # a new shuffle each epoch
+
+
+def test_resumed_run_continues_exactly_like_an_uninterrupted_one(make_trainer: Any, tmp_path: Path) -> None:
+    uninterrupted = make_trainer(steps=4)
+    expected = [comparable(uninterrupted.train_step()) for _ in range(4)]
+
+    killed = make_trainer(steps=4)
+    for _ in range(2):
+        killed.train_step()
+    save_checkpoint(tmp_path / "resume", killed.step, killed.state_dict())
+    killed.train_step()  # a step after the checkpoint, lost with the process
+
+    resumed = make_trainer(steps=4)
+    checkpoint = latest_checkpoint(tmp_path / "resume")
+    assert checkpoint is not None
+    resumed.load_state_dict(load_checkpoint(checkpoint))
+    assert resumed.step == 2
+    assert [comparable(resumed.train_step()) for _ in range(2)] == expected[2:]
