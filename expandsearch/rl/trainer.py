@@ -117,6 +117,9 @@ class Trainer:
             )
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else 0
+        # The policy the samples come from is the tempered one, so the ratios and the KL are taken under it too
+        # (as verl's actor does); evaluation stays greedy.
+        self.temperature = config.rollout.episode.temperature or 1.0
 
     def _optimizer(self, parameters: Any, lr: float) -> tuple[Any, Any]:
         optim = self.config.optim
@@ -157,7 +160,7 @@ class Trainer:
         if self.step > self.algorithm.critic_warmup or self.critic is None:
             with timed(metrics, "update_actor"):
                 metrics |= self.update_actor(batch)
-        metrics |= summarize_rollouts(trajectories) | _batch_metrics(batch)
+        metrics |= summarize_rollouts(trajectories) | _batch_metrics(batch, self.temperature)
         metrics["timing/step"] = time.perf_counter() - started
         metrics["perf/tokens_per_s"] = float(batch.attention_mask.sum()) / metrics["timing/step"]
         return metrics
@@ -182,7 +185,8 @@ class Trainer:
     @torch.no_grad()
     def log_probs(self, model: Any, batch: RolloutBatch) -> torch.Tensor:
         model.eval()
-        chunks = [policy_log_probs(model, part)[0] for part in batch.split(self.algorithm.micro_batch_size)]
+        parts = batch.split(self.algorithm.micro_batch_size)
+        chunks = [policy_log_probs(model, part, temperature=self.temperature)[0] for part in parts]
         return _stack_rows(chunks, batch.response_mask.shape[-1])
 
     @torch.no_grad()
@@ -269,7 +273,7 @@ class Trainer:
         assert micro.old_log_probs is not None
         assert micro.advantages is not None
         mask = micro.response_mask
-        log_probs, entropy = policy_log_probs(self.policy, micro, with_entropy=True)
+        log_probs, entropy = policy_log_probs(self.policy, micro, with_entropy=True, temperature=self.temperature)
         assert entropy is not None
         pg_loss, pg_metrics = algorithms.policy_loss(
             micro.old_log_probs,
@@ -373,15 +377,15 @@ def _mean_rows(rows: Sequence[dict[str, float]]) -> dict[str, float]:
     return {key: sum(row[key] for row in rows) / len(rows) for key in rows[0]} if rows else {}
 
 
-def _batch_metrics(batch: RolloutBatch) -> dict[str, float]:
+def _batch_metrics(batch: RolloutBatch, temperature: float) -> dict[str, float]:
     """What the optimisation saw: advantages, policy tokens, the sampler/trainer log-prob gap."""
     mask = batch.response_mask
     tokens = mask.sum().clamp(min=1)
     metrics = {"batch/policy_tokens": float(mask.sum()), "batch/padded_tokens": float(batch.attention_mask.numel())}
     if batch.advantages is not None:
         metrics["batch/advantage_abs_mean"] = float((batch.advantages.abs() * mask).sum() / tokens)
-    if batch.old_log_probs is not None:
-        # the engine's log-probs and the trainer's recomputation should agree: a large gap means a mismatch bug
+    if batch.old_log_probs is not None and temperature == 1.0:
+        # the engine's (raw-model) log-probs and the trainer's recomputation should agree: a gap means a bug
         gap = (batch.old_log_probs - batch.rollout_log_probs).abs() * mask
         metrics["batch/rollout_logprob_gap"] = float(gap.sum() / tokens)
     if batch.values is not None:

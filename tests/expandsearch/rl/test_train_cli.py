@@ -1,0 +1,140 @@
+"""``expandsearch train`` end to end as a user runs it: the main job, a killed run resumed, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from support import EXPANDSEARCH, require_console_script, run_expandsearch
+
+from expandsearch.tracking import METRICS_FILE, read_metrics
+
+pytestmark = pytest.mark.slow
+
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+
+
+def quick_overrides(run_dir: Path) -> list[str]:
+    """Seconds-scale settings: a one-layer policy cloned for a few steps, two small RL steps, 8 test questions."""
+    return [
+        f"run_dir={run_dir}",
+        "steps=2",
+        "checkpoint_every=1",
+        "warm_start.steps=30",
+        "warm_start.hidden_size=32",
+        "warm_start.intermediate_size=64",
+        "warm_start.layers=1",
+        "warm_start.demonstrations=40",
+        "rollout.questions_per_step=2",
+        "rollout.group_size=2",
+        "rollout.episode.max_turn_tokens=40",
+        "algorithm.mini_batch_size=4",
+        "algorithm.micro_batch_size=2",
+        "eval.questions=8",
+        "logging.progress=false",
+    ]
+
+
+def test_main_job_writes_every_artifact(tmp_path: Path) -> None:
+    require_console_script()
+    run_dir = tmp_path / "run"
+    result = run_expandsearch("train", *quick_overrides(run_dir), timeout=600, env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for heading in ("| policy | EM |", "| warm start |", "| after RL |", "| after RL, 1 query/search |"):
+        assert heading in result.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert list(summary["evaluations"]) == ["warm start", "after RL", "after RL, 1 query/search"]
+    for evaluation in summary["evaluations"].values():
+        assert evaluation["metrics"]["questions"] == 8
+        assert 0 <= evaluation["metrics"]["em"] <= 1
+    assert set(summary["timings_s"]) == {"world", "index", "warm start", "rl", "evaluation"}
+    assert [row["step"] for row in read_metrics(run_dir / METRICS_FILE)] == [1, 2]
+    assert (run_dir / "training_curves.png").stat().st_size > 1000
+    assert any((run_dir / "tensorboard").iterdir())
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["steps"] == 2
+    assert (run_dir / "checkpoints" / "step_0000002" / "state.pt").is_file()
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(run_dir / "policy").config.model_type == "qwen2"
+
+    # the same command again reuses world, index and warm start; --resume with another config is refused
+    changed = run_expandsearch("train", *quick_overrides(run_dir), "seed=1", "--resume", timeout=120, env=ONE_THREAD)
+    assert changed.returncode == 2
+    assert "differs from" in changed.stderr
+    assert "seed" in changed.stderr
+
+
+def test_bad_config_fails_before_anything_runs(tmp_path: Path) -> None:
+    require_console_script()
+    bad_file = tmp_path / "bad.yaml"
+    bad_file.write_text("steps: [1,\n")
+    for args, message in [
+        (["rollout.grup_size=2"], "did you mean 'rollout.group_size'"),
+        (["algorithm.estimator=ppo2"], "algorithm.estimator"),
+        (["--config", str(bad_file)], "cannot parse config file"),
+        (["algorithm.kl_loss_type=k9"], "unknown KL estimator"),
+    ]:
+        result = run_expandsearch("train", f"run_dir={tmp_path / 'run'}", *args, timeout=60, env=ONE_THREAD)
+        assert result.returncode == 2, args
+        assert message in result.stderr, (args, result.stderr)
+    assert not (tmp_path / "run").exists()
+
+
+def comparable_rows(run_dir: Path) -> list[dict[str, Any]]:
+    rows = read_metrics(run_dir / METRICS_FILE)
+    volatile = ("timing/", "perf/")
+    return [{k: v for k, v in row.items() if not k.startswith(volatile) and not k.endswith("latency_s")} for row in rows]
+
+
+def test_killed_run_resumes_to_the_same_metrics(world_dir: Path, warm_policy_dir: Path, tmp_path: Path) -> None:
+    require_console_script()
+    common = [
+        "steps=6",
+        "checkpoint_every=2",
+        f"world.path={world_dir}",
+        f"warm_start.init={warm_policy_dir}",
+        "rollout.questions_per_step=4",
+        "rollout.group_size=2",
+        "rollout.episode.max_turn_tokens=60",
+        "algorithm.mini_batch_size=4",
+        "algorithm.micro_batch_size=2",
+        "eval.questions=4",
+        "logging.progress=false",
+        "logging.plots=false",
+    ]
+    reference = run_expandsearch("train", f"run_dir={tmp_path / 'whole'}", *common, timeout=600, env=ONE_THREAD)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    run_dir = tmp_path / "killed"
+    process = subprocess.Popen(
+        [EXPANDSEARCH, "train", f"run_dir={run_dir}", *common],
+        env=ONE_THREAD,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_rows(run_dir / METRICS_FILE, 3, process)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    assert not (run_dir / "summary.json").exists()  # it really died mid-training
+    resumed = run_expandsearch("train", f"run_dir={run_dir}", *common, "--resume", timeout=600, env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert comparable_rows(run_dir) == comparable_rows(tmp_path / "whole")
+
+
+def _wait_for_rows(path: Path, rows: int, process: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and len(read_metrics(path)) >= rows:
+            return
+        assert process.poll() is None, "the training process ended before it could be killed"
+        time.sleep(0.05)
+    raise AssertionError(f"no {rows} metric rows in {path} after {timeout} s")
