@@ -268,6 +268,19 @@ PROMPT_TEMPLATES: dict[str, str] = {
         "</answer> in a few words, with no explanation, for example <answer> Beijing </answer>.\n"
         "Question: {question}\n"
     ),
+    # The two no-search baselines of the evaluation harness (``eval.methods``): one answering turn each.
+    "direct": (
+        "Answer the question below from your own knowledge; there is no search engine. You may think step by "
+        "step inside <think> and </think> first. Give the answer inside <answer> and </answer> in a few words, "
+        "with no explanation, for example <answer> Beijing </answer>.\nQuestion: {question}\n"
+    ),
+    # {question} here is rag_question(question, documents): the retrieved documents, then the question.
+    "rag": (
+        "Answer the question below. Documents retrieved for it are given between <information> and "
+        "</information>; use them and what you know. You may think step by step inside <think> and </think> "
+        "first. Give the answer inside <answer> and </answer> in a few words, with no explanation, for example "
+        "<answer> Beijing </answer>.\n{question}\n"
+    ),
 }
 
 
@@ -278,6 +291,12 @@ def build_prompt(question: str, template: str = "expandsearch", max_variants: in
     if max_variants < 1:
         raise ValueError(f"max_variants must be >= 1, got {max_variants}")
     return PROMPT_TEMPLATES[template].format(question=question.strip(), max_variants=max_variants)
+
+
+def rag_question(question: str, documents: str) -> str:
+    """What the ``rag`` template's ``{question}`` slot holds: the documents in an ``<information>`` block, then
+    ``Question: …`` on its own line (the last line of every template)."""
+    return f"<information>{documents.strip()}</information>\nQuestion: {question.strip()}"
 
 
 def build_messages(question: str, template: str = "expandsearch", max_variants: int = 3) -> list[dict[str, str]]:

@@ -21,6 +21,8 @@ COMMANDS = {
     "chat": "chat",
     "warm-start": "warm_start",
     "train": "train",
+    "prepare": "prepare",
+    "eval": "eval",
 }
 
 

@@ -20,6 +20,7 @@ from agent_env.protocol import (
     invalid_action_feedback,
     parse_action,
     passage_title_text,
+    rag_question,
     render_no_results,
     render_observation,
     render_passages,
@@ -252,6 +253,21 @@ def test_search_r1_prompt() -> None:
         assert absent not in prompt
 
 
+def test_direct_prompt_offers_no_search() -> None:
+    prompt = build_prompt("Who wrote Hamlet?", template="direct")
+    assert prompt.endswith("Question: Who wrote Hamlet?\n")
+    assert "<answer> Beijing </answer>" in prompt
+    for absent in ("<search>", "##", "<information>"):
+        assert absent not in prompt
+
+
+def test_rag_prompt_holds_the_documents_then_the_question() -> None:
+    documents = "Doc 1 (Title: Hamlet) Hamlet is a tragedy by William Shakespeare."
+    prompt = build_prompt(rag_question(" Who wrote Hamlet? ", f"\n{documents}\n"), template="rag")
+    assert prompt.endswith(f"<information>{documents}</information>\nQuestion: Who wrote Hamlet?\n")
+    assert "<search>" not in prompt
+
+
 @pytest.mark.parametrize("template", sorted(PROMPT_TEMPLATES))
 def test_templates_fill_completely(template: str) -> None:
     prompt = build_prompt("What is {x} in 'a ## b'?", template=template)
@@ -261,7 +277,7 @@ def test_templates_fill_completely(template: str) -> None:
 
 
 def test_unknown_template_lists_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"expandsearch, search_r1"):
+    with pytest.raises(ValueError, match=r"direct, expandsearch, rag, search_r1"):
         build_prompt("q", template="nope")
     with pytest.raises(ValueError, match="unknown prompt template"):
         build_messages("q", template="nope")

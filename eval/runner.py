@@ -1,0 +1,232 @@
+"""Running an evaluation: every dataset x method through one environment, streamed to jsonl, resumable.
+
+:func:`run_evaluation` is the whole job behind ``expandsearch eval``: it checks the output directory against the
+run's settings (``eval.store``), loads the policy once (:func:`agent_env.assembly.build_env`), plays every
+dataset x method, and writes ``results.json``, ``results.md`` and ``results.png`` (``eval.report``)::
+
+    results = run_evaluation(spec, datasets, ["rag", "expandsearch"], Path("runs/eval"))
+
+:func:`evaluate` is the part that needs only a built :class:`~agent_env.episode.AgentEnv` (any engine, a scripted
+policy included). Each dataset x method runs through one :class:`~agent_env.rollout.RolloutRunner` over the
+shared engine, retriever and squeezer with the method's episode settings; up to ``concurrency`` episodes are in
+flight, so the engine, the search backend and the squeezer batch across them. Each finished question is
+appended to ``OUT/<dataset>/<method>.jsonl`` at once; questions already there are not played again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from agent_env.assembly import EnvSetupError, EnvSpec
+from agent_env.episode import AgentEnv
+from agent_env.rollout import EpisodeInput, RolloutRunner
+from data_prep.formats import QAExample
+from eval.datasets import EvalDataset
+from eval.methods import METHODS, Method
+from eval.metrics import aggregate
+from eval.records import example_record
+from eval.report import write_reports
+from eval.store import ResultsFile, check_run_settings, write_run_settings
+
+Log = Callable[[str], None]
+
+EPISODE_KEYS_SET_BY_METHODS = ("template", "temperature")
+"""Episode settings every method sets itself (so not recorded as the run's)."""
+
+
+async def evaluate(
+    env: AgentEnv,
+    datasets: Sequence[EvalDataset],
+    methods: Sequence[str],
+    out_dir: str | Path,
+    *,
+    concurrency: int = 64,
+    log: Log = print,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Play every dataset x method (resuming from ``out_dir``); ``{dataset: {method: metrics}}``.
+
+    Each metrics dict is :func:`eval.metrics.aggregate` over the dataset's examples, plus ``seconds`` (time this
+    call spent on it) and ``played`` (questions played by this call; the others were already in the jsonl).
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for dataset in datasets:
+        results[dataset.name] = {}
+        for name in methods:
+            path = Path(out_dir) / dataset.name / f"{name}.jsonl"
+            results[dataset.name][name] = await evaluate_method(env, name, dataset, path, concurrency, log)
+    return results
+
+
+async def evaluate_method(
+    env: AgentEnv, name: str, dataset: EvalDataset, path: Path, concurrency: int, log: Log
+) -> dict[str, float]:
+    """One dataset x method: play the questions ``path`` lacks, then aggregate all of the dataset's rows."""
+    method = METHODS[name]
+    method_env = replace(env, config=method.episode_config(env.config))
+    with ResultsFile(path) as results:
+        todo = [example for example in dataset.examples if example.id not in results]
+        done = len(dataset.examples) - len(todo)
+        log(f"{dataset.name} / {name}: {len(todo)} to play" + (f", {done} already in {path}" if done else ""))
+        started = time.perf_counter()
+        await _play_all(method_env, method, todo, results, concurrency)
+        seconds = time.perf_counter() - started
+        rows = [results.records[example.id] for example in dataset.examples]
+    metrics = {**aggregate(rows), "seconds": seconds, "played": float(len(todo))}
+    if rows:
+        log(f"{dataset.name} / {name}: EM {metrics['em']:.3f} over {len(rows)} questions ({seconds:.1f} s)")
+    return metrics
+
+
+async def _play_all(
+    env: AgentEnv, method: Method, examples: Sequence[QAExample], results: ResultsFile, concurrency: int
+) -> None:
+    """Play ``examples`` with at most ``concurrency`` in flight, appending each record as its episode ends.
+
+    Each question is its own ``runner.run([...])`` call on the one runner, because ``RolloutRunner.run`` hands
+    back its trajectories only when all of them have ended, and a record must be written when its episode ends
+    for an interrupted run to lose no finished work; the engine batches across the calls all the same.
+    """
+    runner = RolloutRunner(env, max_concurrency=1)  # concurrency is bounded here, across the per-question calls
+    slots = asyncio.Semaphore(concurrency)
+
+    async def play(example: QAExample) -> None:
+        async with slots:
+            prepared = await method.prepare(env, example.question)
+            episode = EpisodeInput(prepared.question, tuple(example.golden_answers), example.id)
+            (trajectory,) = await runner.run([episode])
+        record = example_record(
+            example, trajectory, environment_turns=prepared.environment_turns, retrieves=method.retrieves
+        )
+        results.append(record)
+
+    tasks = [asyncio.ensure_future(play(example)) for example in examples]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:  # as RolloutRunner does: a failing episode cancels the others and propagates as itself
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def run_settings(spec: EnvSpec, datasets: Sequence[EvalDataset]) -> dict[str, Any]:
+    """What this run's results depend on, for ``run.json``; checks the model and index (one-line errors)."""
+    episode = {key: value for key, value in asdict(spec.config).items() if key not in EPISODE_KEYS_SET_BY_METHODS}
+    return {
+        "model": model_identity(spec.model),
+        "engine_url": spec.engine_url,
+        "retriever": retriever_identity(spec),
+        "squeezer": spec.squeezer,
+        "episode": episode,
+        "datasets": {dataset.name: str(dataset.spec.path) for dataset in datasets},
+    }
+
+
+def model_identity(model: str) -> dict[str, str]:
+    """The model's path and a fingerprint of its files (names, sizes, modification times).
+
+    A model retrained in place gets another fingerprint, so its results are not mixed with the old ones.
+    Raises FileNotFoundError (a one-line error) when there is no model.
+    """
+    from agent_env.models import PACKAGED_MODELS, resolve_model_path
+
+    directory, gguf_file = resolve_model_path(model)
+    if model in PACKAGED_MODELS:
+        return {"name": model}
+    files = [directory / gguf_file] if gguf_file else sorted(path for path in directory.iterdir() if path.is_file())
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return {"path": str(directory.resolve() / (gguf_file or "")), "files": digest.hexdigest()[:16]}
+
+
+def retriever_identity(spec: EnvSpec) -> dict[str, Any]:
+    """The retriever URL, or the index directory with its kind and corpus checksum (a rebuilt index differs)."""
+    if spec.index_dir is None:
+        return {"url": spec.retriever_url}
+    from retriever_server.index_dir import IndexDirError, read_manifest
+
+    try:
+        manifest = read_manifest(spec.index_dir)
+    except IndexDirError as error:
+        raise EnvSetupError(f"cannot load index {spec.index_dir}: {error}") from error
+    corpus = manifest.get("corpus", {})
+    return {
+        "index": str(Path(spec.index_dir).resolve()),
+        "kind": manifest["kind"],
+        "corpus_sha256": corpus.get("sha256"),
+        "passages": corpus.get("passages"),
+    }
+
+
+def build_results(
+    per_method: Mapping[str, Mapping[str, Mapping[str, float]]],
+    datasets: Sequence[EvalDataset],
+    methods: Sequence[str],
+    settings: Mapping[str, Any],
+    seconds: float,
+) -> dict[str, Any]:
+    """The results dict of ``eval.report`` (and ``results.json``)."""
+    return {
+        "results": {dataset: dict(by_method) for dataset, by_method in per_method.items()},
+        "datasets": {
+            dataset.name: {"file": str(dataset.spec.path), "note": dataset.spec.note, "examples": len(dataset.examples)}
+            for dataset in datasets
+        },
+        "methods": list(methods),
+        "settings": dict(settings),
+        "seconds": seconds,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_evaluation(
+    spec: EnvSpec,
+    datasets: Sequence[EvalDataset],
+    methods: Sequence[str],
+    out_dir: str | Path,
+    *,
+    concurrency: int = 64,
+    log: Log = print,
+) -> dict[str, Any]:
+    """The whole job: check ``out_dir``, load the policy once, play everything, write the reports.
+
+    Everything that can fail cheaply (model path, index, retriever, squeezer spec, a directory of another run)
+    fails before the policy loads, with a one-line reason (EnvSetupError, FileNotFoundError, RunMismatchError).
+    """
+    settings = check_run_settings(out_dir, run_settings(spec, datasets))
+    started = time.perf_counter()
+    per_method = asyncio.run(_evaluate_with_env(spec, settings, datasets, methods, Path(out_dir), concurrency, log))
+    results = build_results(per_method, datasets, methods, settings, time.perf_counter() - started)
+    write_reports(results, out_dir)
+    return results
+
+
+async def _evaluate_with_env(
+    spec: EnvSpec,
+    settings: Mapping[str, Any],
+    datasets: Sequence[EvalDataset],
+    methods: Sequence[str],
+    out_dir: Path,
+    concurrency: int,
+    log: Log,
+) -> dict[str, dict[str, dict[str, float]]]:
+    from agent_env.assembly import build_env, close_env
+
+    env = await build_env(spec)
+    try:
+        # written once the environment stands, so a typo in a path never records settings that make no results
+        write_run_settings(out_dir, settings)
+        return await evaluate(env, datasets, methods, out_dir, concurrency=concurrency, log=log)
+    finally:
+        await close_env(env)
