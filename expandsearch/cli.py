@@ -22,7 +22,6 @@ COMMANDS = {
     "warm-start": "warm_start",
     "train": "train",
     "prepare": "prepare",
-    "eval": "eval",
 }
 
 
