@@ -22,6 +22,7 @@ COMMANDS = {
     "warm-start": "warm_start",
     "train": "train",
     "prepare": "prepare",
+    "eval": "eval",
 }
 
 
