@@ -136,7 +136,9 @@ def _question_fields(fields: Mapping[str, Any], fallback_id: str) -> tuple[str, 
     question = str(_require(fields, "question")).strip()
     if not question:
         raise _FieldError("field 'question' is empty")
-    return str(fields.get("id", fields.get("_id", fallback_id))), question
+    # None as well as absence means "no id": Hugging Face fills columns a record lacks with None.
+    qid = next((fields[key] for key in ("id", "_id") if fields.get(key) is not None), fallback_id)
+    return str(qid), question
 
 
 def _leftover(fields: Mapping[str, Any], consumed: Iterable[str]) -> dict[str, Any]:
@@ -185,7 +187,17 @@ def _supporting_fact_pairs(value: Any, shape: ContextShape) -> list[list[Any]]:
     return [[str(title), sent_id] for title, sent_id in pairs]
 
 
-def _titled_context(fields: Mapping[str, Any], shape: ContextShape, separator: str | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Context:
+    """What a layout reader found about a record's context (see :class:`BenchmarkQuestion`)."""
+
+    paragraphs: tuple[ContextParagraph, ...]
+    supporting: tuple[int, ...]
+    supporting_titles: tuple[str, ...]
+    supporting_facts: list[list[Any]] | None = None  # sentence-level [title, sent_id] pairs, where the source has them
+
+
+def _titled_context(fields: Mapping[str, Any], shape: ContextShape, separator: str | None) -> _Context:
     """Paragraphs, supporting indices and titles of a HotpotQA/2Wiki-style record (supporting by title).
 
     ``separator`` joins sentences ("" HotpotQA, " " 2Wiki); None reads it off the record's own sentences."""
@@ -197,10 +209,10 @@ def _titled_context(fields: Mapping[str, Any], shape: ContextShape, separator: s
     )
     titles = tuple(dict.fromkeys(_one_line_title(title) for title, _ in facts))
     supporting = tuple(index for title in titles for index, p in enumerate(paragraphs) if p.title == title)
-    return {"paragraphs": paragraphs, "supporting": supporting, "supporting_titles": titles, "supporting_facts": facts}
+    return _Context(paragraphs, supporting, titles, facts)
 
 
-def _musique_context(fields: Mapping[str, Any]) -> dict[str, Any]:
+def _musique_context(fields: Mapping[str, Any]) -> _Context:
     """Paragraphs and supporting indices of a MuSiQue record (supporting by the paragraph's own flag)."""
     paragraphs, flagged, position_of_idx = [], [], {}
     for position, item in enumerate(_as_list(_require(fields, "paragraphs"), "paragraphs")):
@@ -215,11 +227,7 @@ def _musique_context(fields: Mapping[str, Any]) -> dict[str, Any]:
     hops = [position_of_idx.get(step.get("paragraph_support_idx")) for step in steps if isinstance(step, dict)]
     supporting = [index for index in hops if index in flagged] + [index for index in flagged if index not in hops]
     titles = tuple(dict.fromkeys(paragraphs[index].title for index in supporting))
-    return {
-        "paragraphs": tuple(paragraphs),
-        "supporting": tuple(dict.fromkeys(supporting)),
-        "supporting_titles": titles,
-    }
+    return _Context(tuple(paragraphs), tuple(dict.fromkeys(supporting)), titles)
 
 
 # --- layout readers: fields of one record -> BenchmarkQuestion ------------------------------------------------------
@@ -228,18 +236,14 @@ LayoutReader = Callable[[Mapping[str, Any], str], BenchmarkQuestion]
 
 
 def _question(
-    qid: str, question: str, golds: list[str], metadata: dict[str, Any], context: dict[str, Any] | None = None
+    qid: str, question: str, golds: list[str], metadata: dict[str, Any], context: _Context | None = None
 ) -> BenchmarkQuestion:
     if context is None:
         return BenchmarkQuestion(QAExample(qid, question, golds, metadata))
-    facts = context.get("supporting_facts")
-    metadata = {**metadata, **({"supporting_facts": facts} if facts is not None else {})}
-    return BenchmarkQuestion(
-        QAExample(qid, question, golds, metadata),
-        context["paragraphs"],
-        context["supporting"],
-        context["supporting_titles"],
-    )
+    if context.supporting_facts is not None:
+        metadata = {**metadata, "supporting_facts": context.supporting_facts}
+    example = QAExample(qid, question, golds, metadata)
+    return BenchmarkQuestion(example, context.paragraphs, context.supporting, context.supporting_titles)
 
 
 def _read_flashrag(fields: Mapping[str, Any], fallback_id: str) -> BenchmarkQuestion:
@@ -254,7 +258,7 @@ def _read_flashrag(fields: Mapping[str, Any], fallback_id: str) -> BenchmarkQues
     return _question(qid, question, _golds(answers), _leftover(metadata, consumed), context)
 
 
-def _metadata_context(metadata: Mapping[str, Any]) -> tuple[dict[str, Any] | None, tuple[str, ...]]:
+def _metadata_context(metadata: Mapping[str, Any]) -> tuple[_Context | None, tuple[str, ...]]:
     """FlashRAG's multi-hop files may keep the source's context in ``metadata``; read it when they do."""
     if "paragraphs" in metadata:
         return _musique_context(metadata), ("paragraphs",)

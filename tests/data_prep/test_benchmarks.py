@@ -448,3 +448,11 @@ def test_bad_split_and_template_write_nothing(shared_data: Path, tmp_path: Path)
 
 def test_dataset_names_are_the_seven_benchmarks() -> None:
     assert DATASETS == ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle")
+
+
+def test_null_ids_fall_back_to_split_and_position(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "qa.jsonl",
+        [{"id": None, "question": "q0", "golden_answers": ["a"]}, {"id": 0, "question": "q1", "golden_answers": ["b"]}],
+    )
+    assert [e.id for e in load_benchmark("nq", path, split="dev")] == ["dev_0", "0"]
