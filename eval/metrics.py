@@ -22,7 +22,7 @@ from typing import Any
 from agent_env.episode import Trajectory, TurnRecord
 from agent_env.reward import cover_exact_match, exact_match, f1_score
 
-MEAN_KEYS = ("em", "f1", "cover_em", "answered", "turns", "searches", "tokens", "context_tokens")
+MEAN_KEYS = ("em", "f1", "cover_em", "answered", "valid_action_rate", "turns", "searches", "tokens", "context_tokens")
 """Row keys averaged over every question of a dataset x method."""
 OPTIONAL_MEAN_KEYS = ("answer_in_passages", "recall")
 """Row keys averaged over the questions where they are measured (not None); left out when none are."""
@@ -104,7 +104,8 @@ def example_metrics(
     ``environment_turns`` are retrievals the environment made before the episode (naive RAG's search with the
     question); they count as searches and their passages as retrieved. ``retrieves=False`` (a method that never
     searches) leaves answer-in-passages and recall unmeasured (None). Keys: ``prediction`` (None: no answer),
-    ``em``, ``f1``, ``cover_em``, ``answered``, ``answer_in_passages``, ``recall``, ``turns`` (policy turns),
+    ``em``, ``f1``, ``cover_em``, ``answered``, ``valid_action_rate`` (share of the policy's turns that parsed),
+    ``answer_in_passages``, ``recall``, ``turns`` (policy turns),
     ``searches``, ``variants`` (query variants run, over all searches), ``tokens`` (policy-generated tokens),
     ``context_tokens`` (prompt + response, what the model read and wrote), ``termination``.
     """
@@ -118,6 +119,7 @@ def example_metrics(
         "f1": 0.0 if answer is None else f1_score(answer, golds),
         "cover_em": 0.0 if answer is None else cover_exact_match(answer, golds),
         "answered": float(answer is not None),
+        "valid_action_rate": trajectory.metrics.get("valid_action_rate", 0.0),
         "answer_in_passages": answer_in_passages(passages, golds) if retrieves else None,
         "recall": supporting_recall(passages, metadata) if retrieves else None,
         "turns": trajectory.num_turns,

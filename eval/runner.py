@@ -37,6 +37,9 @@ from eval.store import ResultsFile, check_run_settings, write_run_settings
 
 Log = Callable[[str], None]
 
+PROGRESS_MIN_STEP = 25
+"""A progress line at most every this many questions."""
+
 EPISODE_KEYS_SET_BY_METHODS = ("template", "temperature")
 """Episode settings every method sets itself (so not recorded as the run's)."""
 
@@ -77,7 +80,8 @@ async def evaluate_method(
         done = len(dataset.examples) - len(todo)
         log(f"{dataset.name} / {name}: {len(todo)} to play" + (f", {done} already in {path}" if done else ""))
         started = time.perf_counter()
-        await _play_all(method_env, method, todo, results, concurrency)
+        progress = _progress(f"{dataset.name} / {name}", len(todo), log)
+        await _play_all(method_env, method, todo, results, concurrency, progress)
         seconds = time.perf_counter() - started
         rows = [results.records[example.id] for example in dataset.examples]
     metrics = {**aggregate(rows), "seconds": seconds, "played": float(len(todo))}
@@ -86,8 +90,27 @@ async def evaluate_method(
     return metrics
 
 
+def _progress(label: str, total: int, log: Log) -> Callable[[], None]:
+    """A callback to call per finished question: logs about every tenth of a long run."""
+    step = max(PROGRESS_MIN_STEP, -(-total // 10))
+    count = 0
+
+    def tick() -> None:
+        nonlocal count
+        count += 1
+        if count % step == 0 and count < total:
+            log(f"{label}: {count}/{total}")
+
+    return tick
+
+
 async def _play_all(
-    env: AgentEnv, method: Method, examples: Sequence[QAExample], results: ResultsFile, concurrency: int
+    env: AgentEnv,
+    method: Method,
+    examples: Sequence[QAExample],
+    results: ResultsFile,
+    concurrency: int,
+    progress: Callable[[], None],
 ) -> None:
     """Play ``examples`` with at most ``concurrency`` in flight, appending each record as its episode ends.
 
@@ -107,6 +130,7 @@ async def _play_all(
             example, trajectory, environment_turns=prepared.environment_turns, retrieves=method.retrieves
         )
         results.append(record)
+        progress()
 
     tasks = [asyncio.ensure_future(play(example)) for example in examples]
     try:
@@ -124,6 +148,7 @@ def run_settings(spec: EnvSpec, datasets: Sequence[EvalDataset]) -> dict[str, An
     return {
         "model": model_identity(spec.model),
         "engine_url": spec.engine_url,
+        "dtype": spec.engine_options.get("dtype"),  # numerics; device and batch size are how, not what, it runs
         "retriever": retriever_identity(spec),
         "squeezer": spec.squeezer,
         "episode": episode,

@@ -29,6 +29,7 @@ def trajectory(turns: list[TurnRecord], answer: str | None, searches: int = 0, v
     for turn in turns:
         mask += [1, 1] + ([0] if turn.action == "search" else [])
     metrics = {"searches": float(searches), "variants_per_search": variants / searches if searches else 0.0}
+    metrics["valid_action_rate"] = 1.0
     return Trajectory(
         prompt_ids=[0] * 5,
         response_ids=[1] * len(mask),
@@ -88,7 +89,7 @@ def test_example_metrics_of_an_answered_search_episode() -> None:
     assert row["em"] == 0.0
     assert row["f1"] == pytest.approx(2 / 3)
     assert row["cover_em"] == 0.0
-    assert row["answered"] == 1.0
+    assert row["answered"] == row["valid_action_rate"] == 1.0
     assert row["answer_in_passages"] == 1.0
     assert row["recall"] == 0.5
     assert (row["turns"], row["searches"], row["variants"]) == (2, 1, 2)
@@ -115,7 +116,7 @@ def test_environment_retrievals_count_as_searches_and_their_passages_as_retrieve
 
 
 def row(**values: Any) -> dict[str, Any]:
-    base = dict.fromkeys(("em", "f1", "cover_em", "answered", "tokens", "context_tokens"), 0.0)
+    base = dict.fromkeys(("em", "f1", "cover_em", "answered", "valid_action_rate", "tokens", "context_tokens"), 0.0)
     return {**base, "turns": 1, "searches": 0, "variants": 0, "answer_in_passages": None, "recall": None, **values}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ def play(
     out_dir: Path,
     methods: Sequence[str] = tuple(METHODS),
     fail_on: str | None = None,
+    log: Callable[[str], None] = lambda line: None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     responder = ExpertResponder(world.questions["test"], WorldLexicon.of(world))
     respond = FailingOn(responder, fail_on) if fail_on else responder
@@ -63,7 +64,7 @@ def play(
         search = LocalSearch(index)
         env = AgentEnv(ScriptedPolicy(tokenizer, respond), tokenizer, search, NoSqueezer(), EpisodeConfig())
         try:
-            return await evaluate(env, [dataset], methods, out_dir, concurrency=4, log=lambda line: None)
+            return await evaluate(env, [dataset], methods, out_dir, concurrency=4, log=log)
         finally:
             await search.aclose()
 
@@ -127,7 +128,9 @@ def test_a_rerun_plays_nothing_and_reports_the_same(
     full_run: tuple[Path, Any], tiny_world: World, policy_tokenizer: Any, world_bm25: BM25Index
 ) -> None:
     out, first = full_run
-    again = play(tiny_world, policy_tokenizer, world_bm25, world_dataset(tiny_world), out)
+    logged: list[str] = []
+    again = play(tiny_world, policy_tokenizer, world_bm25, world_dataset(tiny_world), out, log=logged.append)
+    assert f"world / rag: 0 to play, {QUESTIONS} already in {out / 'world' / 'rag.jsonl'}" in logged
     for method in METHODS:
         assert again["world"][method]["played"] == 0
         assert stable(again["world"][method]) == stable(first["world"][method])
