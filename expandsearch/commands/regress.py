@@ -1,0 +1,79 @@
+"""``expandsearch regress``: run regression conditions (``eval/regressions/*.yaml``) and check their scores.
+
+Each condition's setup commands run unless their outputs exist in the work folder; its command then writes a
+results json in a fresh ``{out}``, and every expected score is checked (``OK`` / ``FAIL``, expected vs got). The
+exit status is 1 when any condition fails, 2 for a bad regression file. See ``docs/regressions.md``::
+
+    expandsearch regress                                    # the default set (files without `default: false`)
+    expandsearch regress eval/regressions/retrieval_full.yaml --work runs/regressions
+    expandsearch regress --only hotpotqa-bm25 --report runs/hotpotqa.md
+    expandsearch regress --list                             # every shipped condition and its file
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from expandsearch.cli import UserError
+
+HELP = "run regression conditions (YAML: setup, command, expected scores) and print OK / FAIL per score"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "files", nargs="*", metavar="FILE.yaml", help="regression files (default: the shipped default set)"
+    )
+    parser.add_argument("--work", default="runs/regressions", help="work folder (default runs/regressions)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only these conditions (repeat or comma-separate; without FILEs, searched in every shipped file)",
+    )
+    parser.add_argument("--report", help="markdown report to write (default WORK/report.md)")
+    parser.add_argument("--shared", help="shared data folder for {shared} (default ../shared/data beside the repo)")
+    parser.add_argument("--list", action="store_true", help="list the conditions and their files, run nothing")
+
+
+def run(args: argparse.Namespace) -> int:
+    from eval.regress import (
+        DEFAULT_SHARED,
+        RegressionFileError,
+        RunSettings,
+        default_files,
+        markdown_report,
+        run_conditions,
+        select_conditions,
+        shipped_files,
+    )
+
+    only = [name.strip() for value in args.only for name in value.split(",") if name.strip()]
+    if args.files:
+        files = [Path(path) for path in args.files]
+    else:
+        files = shipped_files() if only or args.list else default_files()
+    try:
+        items = select_conditions(files, only)
+    except RegressionFileError as error:
+        raise UserError(str(error)) from error
+    if args.list:
+        for item in items:
+            print(f"{item.name}\t{item.source}")
+        return 0
+    if not items:
+        print(f"no conditions in {', '.join(map(str, files))}")
+        return 0
+    settings = RunSettings(Path(args.work).resolve(), Path(args.shared or DEFAULT_SHARED).resolve())
+    started = time.perf_counter()
+    results = run_conditions(items, settings, log=lambda line: print(line, flush=True))
+    seconds = time.perf_counter() - started
+    report = Path(args.report) if args.report else settings.work / "report.md"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(markdown_report(results, settings, seconds), encoding="utf-8")
+    failed = [result.name for result in results if not result.ok]
+    summary = f"{len(results) - len(failed)} of {len(results)} conditions OK in {seconds:.1f} s"
+    print(f"\n{summary}" + (f"; failed: {', '.join(failed)}" if failed else "") + f"\nreport: {report}")
+    return 1 if failed else 0
