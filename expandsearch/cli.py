@@ -23,6 +23,8 @@ COMMANDS = {
     "train": "train",
     "prepare": "prepare",
     "eval": "eval",
+    "eval-retrieval": "eval_retrieval",
+    "regress": "regress",
 }
 
 
