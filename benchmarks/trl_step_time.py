@@ -35,9 +35,12 @@ What is the same on both sides:
 - **No overhead outside the step**: no logging backend (``report_to="none"``), no checkpoints, no evaluation, no
   progress bars; TRL's bf16 autocast and gradient checkpointing (its defaults) are off.
 
-Run (about 2-4 minutes on the 2-core dev machine at the default setting)::
+Run (the defaults; 2-4 minutes on the 2-core dev machine, ``--completion-tokens 128`` about 4)::
 
-    .venv/bin/python benchmarks/trl_step_time.py --questions 8 --group 4 --completion-tokens 64 --steps 6 --threads 2
+    .venv/bin/python benchmarks/trl_step_time.py --questions 8 --group 4 --completion-tokens 64 --steps 10 --threads 2
+
+Other processes on the machine make absolute times noisy; the interleaving keeps the ratio fair, and the paired
+per-step ratios show how much it moved.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--group", type=int, default=4, help="samples per question, TRL num_generations (default 4)")
     parser.add_argument("--completion-tokens", type=int, default=64, help="tokens per completion (default 64)")
     parser.add_argument("--micro-batch", type=int, default=8, help="sequences per forward/backward (default 8)")
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per trainer, after one warm-up (default 6)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per trainer, after one warm-up (default 10)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--policy", help="policy model dir (default: a tiny random-weight Qwen2)")
     parser.add_argument("--size", default="tiny", help="synthetic world size (default tiny)")
@@ -248,14 +251,16 @@ def trl_config(args: argparse.Namespace, out: Path) -> Any:
     )
 
 
-def em_reward(completions: list[list[dict[str, str]]], golden_answers: list[list[str]], **_: Any) -> list[float]:
+def em_reward(completions: list[list[dict[str, str]]], golden_answers: list[list[str]], **_: Any) -> list[float | None]:
     """TRL reward function: :func:`completion_reward` of each conversational completion."""
     return [
         completion_reward(turn[-1]["content"], golds) for turn, golds in zip(completions, golden_answers, strict=True)
     ]
 
 
-def build_trl(args: argparse.Namespace, policy_dir: Path, inputs: Sequence[Any], episode: EpisodeConfig, out: Path):
+def build_trl(
+    args: argparse.Namespace, policy_dir: Path, inputs: Sequence[Any], episode: EpisodeConfig, out: Path
+) -> Any:
     from datasets import Dataset
     from trl import GRPOTrainer
 
@@ -391,23 +396,32 @@ def print_lengths(ours: OurSteps, trl_rows: Sequence[dict[str, float]], length: 
     )
 
 
+def mean(rows: Sequence[dict[str, float]], key: str) -> float:
+    return statistics.fmean(row[key] for row in rows)
+
+
 def print_breakdowns(our_rows: Sequence[dict[str, float]], trl_rows: Sequence[dict[str, float]]) -> None:
-    step = median(our_rows, "timing/step")
-    print(f"\nour step (median s, share of the median step {step:.2f} s):")
-    stages = [(stage, median(our_rows, f"timing/{stage}")) for stage in OUR_STAGES]
+    """Mean seconds per stage (means, unlike medians, add up to the mean step)."""
+    step = mean(our_rows, "timing/step")
+    print(f"\nour step (mean s, share of the mean step {step:.2f} s):")
+    stages = [(stage, mean(our_rows, f"timing/{stage}")) for stage in OUR_STAGES]
     stages.append(("other", step - sum(seconds for _, seconds in stages)))
     for stage, seconds in stages:
         print(f"  {stage:<38} {seconds:7.3f} {seconds / step:6.1%}")
-    trl_step = median(trl_rows, "step")
-    generate = median(trl_rows, "_generate")
-    scored = median(trl_rows, "_generate_and_score_completions")
-    print(f"TRL step (median s, share of the median step {trl_step:.2f} s):")
+    trl_step = mean(trl_rows, "step")
+    generate = mean(trl_rows, "_generate")
+    scored = mean(trl_rows, "_generate_and_score_completions")
+    print(f"TRL step (mean s, share of the mean step {trl_step:.2f} s):")
     for name, seconds in (
         ("generate (tokenise, generate, decode)", generate),
         ("ref log-probs, reward, advantages", scored - generate),
         ("loss fwd/bwd, optimizer, rest", trl_step - scored),
     ):
         print(f"  {name:<38} {seconds:7.3f} {seconds / trl_step:6.1%}")
+    # With one update per step the samples are on-policy: old log-probs equal the current ones, and TRL skips the
+    # pass (it uses the detached current log-probs); ours runs it anyway.
+    without = step - mean(our_rows, "timing/old_log_prob")
+    print(f"ours without the old_log_prob pass: {without:.2f} s (mean ratio TRL / that: {trl_step / without:.2f})")
 
 
 # --- main ------------------------------------------------------------------------------------------------------------
