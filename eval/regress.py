@@ -475,11 +475,20 @@ def result_lines(result: ConditionResult) -> list[str]:
 
 
 def machine_description() -> str:
-    """The machine in words: the numbers of a regression belong to it."""
-    processor = platform.processor() or platform.machine()
-    return f"{platform.system()} {platform.release()}, {processor}, {os.cpu_count()} CPU cores, Python " + (
-        platform.python_version()
+    """The machine in words (timings in a report belong to it): OS, CPU model, cores, Python."""
+    return (
+        f"{platform.system()} {platform.release()}, {_cpu_model()}, {os.cpu_count()} CPU cores, "
+        f"Python {platform.python_version()}"
     )
+
+
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def markdown_report(results: Sequence[ConditionResult], settings: RunSettings, seconds: float) -> str:

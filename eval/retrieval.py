@@ -171,7 +171,8 @@ def resolve_data(item: str, split: str = "test") -> DatasetSpec:
     """A ``--data`` value: ``[NAME=]FILE.jsonl`` or ``[NAME=]DIR`` (a ``prepare qa`` folder: ``DIR/{split}.jsonl``,
     falling back to ``dev.jsonl`` for ``test``). The name defaults to the folder's name, or the file's stem when
     that is not a split name."""
-    name, _, raw = item.rpartition("=") if "=" in item else ("", "", item)
+    # NAME=PATH splits at the first "=", unless the whole value is itself an existing path
+    name, _, raw = ("", "", item) if Path(item).exists() or "=" not in item else item.partition("=")
     path = Path(raw).expanduser()
     if path.is_dir():
         return _split_file(name or path.resolve().name, path, split)
