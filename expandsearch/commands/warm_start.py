@@ -17,6 +17,7 @@ HELP = "behaviour-clone the scripted expert into a tiny Qwen2 policy for a synth
 
 SHOWN_METRICS = (
     "expert/reward_mean",
+    "pretrain/final_loss",
     "bc/first_loss",
     "bc/final_loss",
     "eval/reward_mean",
@@ -30,6 +31,9 @@ SHOWN_METRICS = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--world", required=True, help="world directory written by `expandsearch world`")
     parser.add_argument("--out", required=True, help="policy directory to write (transformers layout)")
+    parser.add_argument(
+        "--pretrain-steps", type=int, default=None, help="LM steps on the world's search results first (default 300)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="behaviour-cloning steps (default 2500)")
     parser.add_argument("--batch-size", type=int, default=None, help="trajectories per step (default 8)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-3)")
@@ -57,13 +61,15 @@ def build_config(args: argparse.Namespace) -> Any:
     from expandsearch.warm_start import BCConfig, WarmStartConfig
 
     config = WarmStartConfig(model_seed=args.seed)
+    pretrain = replace(config.pretrain, **_given(args, steps="pretrain_steps"))
     bc = _given(args, steps="steps", batch_size="batch_size", lr="lr")
     model = _given(args, hidden_size="hidden_size", num_hidden_layers="layers")
     if "hidden_size" in model:
         model["intermediate_size"] = 3 * model["hidden_size"]
     top = _given(args, demonstrations="demos", eval_questions="eval_questions", vocab_size="vocab_size")
     top.update(_given(args, squeezer="squeezer", name_shuffle="name_shuffle"))
-    return replace(config, bc=BCConfig(seed=args.seed, **bc), model=replace(config.model, **model), **top)
+    bc_config = BCConfig(seed=args.seed, **bc)
+    return replace(config, pretrain=pretrain, bc=bc_config, model=replace(config.model, **model), **top)
 
 
 def _given(args: argparse.Namespace, **fields: str) -> dict[str, Any]:

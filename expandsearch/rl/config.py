@@ -33,8 +33,13 @@ class WarmStartSection:
 
     init: str | None = None
     """An existing policy directory to start RL from; skips the warm start."""
-    steps: int = 400
-    """Behaviour-cloning optimizer steps (the policy writes valid multi-variant searches after ~200)."""
+    pretrain_steps: int = 600
+    """Language-model steps on the world's search results first (the copying skills cloning needs; 0: none)."""
+    pretrain_batch_size: int = 16
+    """Search-result sequences per pretraining step."""
+    steps: int = 2000
+    """Behaviour-cloning optimizer steps (valid multi-variant searches after ~200; reading the answer out of the
+    passages, which RL needs to start from, comes between 1,000 and 2,000)."""
     batch_size: int = 8
     """Expert trajectories per behaviour-cloning step."""
     lr: float = 5e-3
@@ -43,11 +48,11 @@ class WarmStartSection:
     """Training questions the expert plays (capped by the train split)."""
     name_shuffle: float = 1.0
     """Probability of consistently renaming a demonstration's entities (teaches copying over memorising)."""
-    hidden_size: int = 128
+    hidden_size: int = 64
     """Width of the tiny Qwen2 policy."""
-    intermediate_size: int = 384
+    intermediate_size: int = 256
     """MLP width of the tiny Qwen2 policy."""
-    layers: int = 4
+    layers: int = 2
     """Transformer blocks of the tiny Qwen2 policy."""
     heads: int = 4
     """Attention heads (the key/value heads are half of them)."""
@@ -61,9 +66,9 @@ class WarmStartSection:
 class RolloutSection:
     """How episodes are sampled for each RL step."""
 
-    questions_per_step: int = 16
+    questions_per_step: int = 8
     """Training questions per step."""
-    group_size: int = 4
+    group_size: int = 8
     """Episodes sampled per question (GRPO's group; PPO uses them as more samples)."""
     squeezer: str = "extractive"
     """Squeezer spec (``agent_env.squeezers.make_squeezer``) of training and evaluation."""
@@ -111,7 +116,7 @@ class AlgorithmSection:
     """How token losses become one number: token-mean, token-sum, seq-mean-token-sum, seq-mean-token-mean, …"""
     ppo_epochs: int = 1
     """Passes over each step's episodes."""
-    mini_batch_size: int = 32
+    mini_batch_size: int = 64
     """Episodes per optimizer step (a step's episodes give ``questions_per_step * group_size / this`` updates)."""
     micro_batch_size: int = 8
     """Episodes per forward/backward; gradients accumulate over a mini-batch."""
@@ -138,7 +143,7 @@ class AlgorithmSection:
 class OptimSection:
     """Optimisers of the policy (and the critic)."""
 
-    lr: float = 2e-4
+    lr: float = 3e-4
     """Peak learning rate of the policy."""
     critic_lr: float = 1e-3
     """Peak learning rate of the critic."""
@@ -166,7 +171,7 @@ class EvalSection:
 
     questions: int = 0
     """Test questions evaluated at the end (0: all of them)."""
-    every: int = 0
+    every: int = 10
     """Also evaluate every this many steps during training, on ``during_training_questions`` (0: never)."""
     during_training_questions: int = 64
     """Test questions of the evaluations during training."""

@@ -62,7 +62,7 @@ def run_main_job(config: TrainConfig, *, resume: bool = False, log: Callable[[st
     _record_config(config, run_dir, resume)
     timings: dict[str, float] = {}
     with stage(timings, "world", log):
-        world_dir = ensure_world(config, run_dir)
+        world_dir = ensure_world(config, run_dir, log)
     with stage(timings, "index", log):
         world, index = ensure_index(world_dir, run_dir / "index")
     with stage(timings, "warm start", log):
@@ -110,47 +110,82 @@ def _diff(left: Any, right: Any, prefix: str = "") -> set[str]:
 # --- stages ----------------------------------------------------------------------------------------------------------
 
 
-def ensure_world(config: TrainConfig, run_dir: Path) -> Path:
-    """The configured world directory, or a generated one under ``run_dir/world`` (kept when already there)."""
+def ensure_world(config: TrainConfig, run_dir: Path, log: Callable[[str], None] = print) -> Path:
+    """The configured world directory, or one generated under ``run_dir/world`` (reused when its recorded
+    configuration is the one asked for, regenerated otherwise)."""
     from data_prep.synthetic import WORLD_FILE, WORLD_SIZES, generate_world, write_world
 
     if config.world.path:
         return Path(config.world.path)
     world_dir = run_dir / "world"
-    if not (world_dir / WORLD_FILE).is_file():
-        world = generate_world(replace(WORLD_SIZES[config.world.size], seed=config.world.seed))
-        write_world(world, world_dir)
+    wanted = replace(WORLD_SIZES[config.world.size], seed=config.world.seed)
+    if _recorded(world_dir / WORLD_FILE, "config") == _plain(wanted):
+        return world_dir
+    if (world_dir / WORLD_FILE).is_file():
+        log(f"   {world_dir} was generated with another world config: generating it again")
+    write_world(generate_world(wanted), world_dir)
     return world_dir
 
 
 def ensure_index(world_dir: Path, index_dir: Path) -> tuple[WorldData, BM25Index]:
-    """The world and its BM25 index (built and saved to ``index_dir`` for ``expandsearch chat``)."""
+    """The world and its BM25 index: an index directory (``expandsearch chat --index``, ``expandsearch eval
+    --index``), built over the world's corpus unless one of exactly that corpus is there already."""
+    from data_prep.synthetic import CORPUS_FILE
     from expandsearch.warm_start import WorldData
     from retriever_server.bm25 import BM25Index
+    from retriever_server.index_dir import MANIFEST, build_index, file_sha256, load_index
 
     world = WorldData.load(world_dir)
-    index = BM25Index.build(world.passages)
-    if not index_dir.is_dir():
-        index.save(index_dir)
+    corpus = world_dir / CORPUS_FILE
+    built_over = (_recorded(index_dir / MANIFEST, "corpus") or {}).get("sha256")
+    if built_over != file_sha256(corpus):
+        build_index(corpus, "bm25", index_dir, progress=False)
+    index = load_index(index_dir)
+    assert isinstance(index, BM25Index)
     return world, index
 
 
 def ensure_warm_start(config: TrainConfig, world_dir: Path, out_dir: Path, log: Callable[[str], None]) -> Path:
-    """The policy RL starts from: ``warm_start.init``, an earlier warm start in ``out_dir``, or a new one."""
+    """The policy RL starts from: ``warm_start.init``, an earlier warm start in ``out_dir`` made with the same
+    settings from the same world, or a new one."""
+    from data_prep.synthetic import WORLD_FILE
     from expandsearch.warm_start import METRICS_FILE, build_world_policy
 
     if config.warm_start.init:
         return Path(config.warm_start.init)
-    if (out_dir / METRICS_FILE).is_file():
+    settings = warm_start_config(config)
+    record_file = out_dir / METRICS_FILE
+    same_settings = _recorded(record_file, "config") == _plain(settings)
+    # like make: a world written after the warm start (regenerated with another config) makes it stale
+    if same_settings and _newer(record_file, world_dir / WORLD_FILE):
         log(f"   reusing the warm start in {out_dir}")
         return out_dir
-    build_world_policy(world_dir, out_dir, warm_start_config(config), log=log)
+    build_world_policy(world_dir, out_dir, settings, log=log)
     return out_dir
+
+
+def _recorded(path: Path, key: str) -> Any:
+    """``key`` of the JSON file at ``path`` (None when the file is missing or unreadable)."""
+    try:
+        return json.loads(path.read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _newer(path: Path, than: Path) -> bool:
+    return path.is_file() and than.is_file() and path.stat().st_mtime >= than.stat().st_mtime
+
+
+def _plain(settings: Any) -> Any:
+    """A dataclass as the JSON it is recorded as (tuples become lists)."""
+    from dataclasses import asdict
+
+    return json.loads(json.dumps(asdict(settings)))
 
 
 def warm_start_config(config: TrainConfig) -> Any:
     from agent_env.tiny_model import TinyQwen2Config
-    from expandsearch.warm_start import BCConfig, WarmStartConfig
+    from expandsearch.warm_start import BCConfig, PretrainConfig, WarmStartConfig
 
     section = config.warm_start
     model = TinyQwen2Config(
@@ -161,7 +196,9 @@ def warm_start_config(config: TrainConfig) -> Any:
         num_key_value_heads=max(1, section.heads // 2),
     )
     bc = BCConfig(steps=section.steps, batch_size=section.batch_size, lr=section.lr, seed=config.seed)
+    pretrain = PretrainConfig(steps=section.pretrain_steps, batch_size=section.pretrain_batch_size, lr=section.lr)
     return WarmStartConfig(
+        pretrain=pretrain,
         bc=bc,
         model=model,
         model_seed=config.seed,
@@ -286,4 +323,7 @@ def _plot(run_dir: Path) -> None:
     from expandsearch.tracking import METRICS_FILE, plot_metrics, read_metrics
 
     rows = read_metrics(run_dir / METRICS_FILE)
-    plot_metrics(rows, run_dir)
+    # evaluations during training (eval/… keys, every eval.every steps) are drawn as their own markers
+    train_rows = [{key: value for key, value in row.items() if not key.startswith("eval/")} for row in rows]
+    eval_rows = [row for row in rows if any(key.startswith("eval/") for key in row)]
+    plot_metrics(train_rows, run_dir, eval_rows=eval_rows)

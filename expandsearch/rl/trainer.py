@@ -133,6 +133,13 @@ class Trainer:
         episodes = self.config.rollout.questions_per_step * self.config.rollout.group_size
         return self.algorithm.ppo_epochs * episodes // self.algorithm.mini_batch_size
 
+    @property
+    def on_policy(self) -> bool:
+        """One update per step, on samples of the current policy: the "old" log-probs are the current ones, so the
+        update takes them (detached) from its own forward pass instead of a separate one, as TRL does. The KL in
+        the reward needs them before the update, so it keeps the pass."""
+        return self.updates_per_step == 1 and not self.algorithm.use_kl_in_reward
+
     # --- one step ------------------------------------------------------------------------------------------------
 
     def train_step(self) -> dict[str, float]:
@@ -144,8 +151,9 @@ class Trainer:
             trajectories = self.rollout()
         with timed(metrics, "reward"):
             batch = self.reward(trajectories)
-        with timed(metrics, "old_log_prob"):
-            batch.old_log_probs = self.log_probs(self.policy, batch)
+        if not self.on_policy:
+            with timed(metrics, "old_log_prob"):
+                batch.old_log_probs = self.log_probs(self.policy, batch)
         if self.reference is not None:
             with timed(metrics, "ref_log_prob"):
                 batch.ref_log_probs = self.log_probs(self.reference, batch)
@@ -199,8 +207,8 @@ class Trainer:
     def advantages(self, batch: RolloutBatch) -> None:
         algorithm = self.algorithm
         assert batch.token_rewards is not None
-        assert batch.old_log_probs is not None
         if algorithm.use_kl_in_reward:
+            assert batch.old_log_probs is not None
             assert batch.ref_log_probs is not None
             batch.token_rewards, kl = algorithms.kl_penalised_rewards(
                 batch.token_rewards,
@@ -270,13 +278,18 @@ class Trainer:
     def _actor_loss(self, micro: RolloutBatch, normalisers: dict[str, int]) -> dict[str, float]:
         """Backward one micro-batch's share of the mini-batch loss; returns its share of the metrics."""
         algorithm = self.algorithm
-        assert micro.old_log_probs is not None
         assert micro.advantages is not None
         mask = micro.response_mask
         log_probs, entropy = policy_log_probs(self.policy, micro, with_entropy=True, temperature=self.temperature)
         assert entropy is not None
+        share = float(mask.sum()) / max(normalisers["batch_num_tokens"], 1)
+        metrics: dict[str, float] = {}
+        old_log_probs = micro.old_log_probs
+        if old_log_probs is None:  # on-policy: see Trainer.on_policy
+            old_log_probs = log_probs.detach()
+            metrics |= _logprob_gap(old_log_probs, micro, self.temperature, share)
         pg_loss, pg_metrics = algorithms.policy_loss(
-            micro.old_log_probs,
+            old_log_probs,
             log_probs,
             micro.advantages,
             mask,
@@ -288,8 +301,7 @@ class Trainer:
         )
         entropy_loss = algorithms.aggregate(entropy, mask, algorithm.loss_agg_mode, normalisers)
         loss = pg_loss - algorithm.entropy_coef * entropy_loss
-        share = float(mask.sum()) / max(normalisers["batch_num_tokens"], 1)
-        metrics = {"actor/pg_loss": float(pg_loss.detach()), "actor/entropy": float(entropy_loss.detach())}
+        metrics |= {"actor/pg_loss": float(pg_loss.detach()), "actor/entropy": float(entropy_loss.detach())}
         metrics |= {key: value * share for key, value in pg_metrics.items()}
         if micro.ref_log_probs is not None:
             kl = algorithms.kl_estimate(log_probs, micro.ref_log_probs, algorithm.kl_loss_type)
@@ -384,11 +396,23 @@ def _batch_metrics(batch: RolloutBatch, temperature: float) -> dict[str, float]:
     metrics = {"batch/policy_tokens": float(mask.sum()), "batch/padded_tokens": float(batch.attention_mask.numel())}
     if batch.advantages is not None:
         metrics["batch/advantage_abs_mean"] = float((batch.advantages.abs() * mask).sum() / tokens)
-    if batch.old_log_probs is not None and temperature == 1.0:
-        # the engine's (raw-model) log-probs and the trainer's recomputation should agree: a gap means a bug
-        gap = (batch.old_log_probs - batch.rollout_log_probs).abs() * mask
-        metrics["batch/rollout_logprob_gap"] = float(gap.sum() / tokens)
+    if batch.old_log_probs is not None:
+        metrics |= _logprob_gap(batch.old_log_probs, batch, temperature)
     if batch.values is not None:
         metrics["critic/values_mean"] = float((batch.values * mask).sum() / tokens)
     metrics |= {f"batch/{key}": value for key, value in batch.extra.items()}
     return metrics
+
+
+def _logprob_gap(
+    log_probs: torch.Tensor, batch: RolloutBatch, temperature: float, share: float = 1.0
+) -> dict[str, float]:
+    """``batch/rollout_logprob_gap``: mean |trainer log-prob - sampler log-prob| over policy tokens, times ``share``
+    (a micro-batch's share of its mini-batch's tokens). The engine's log-probs are the raw model's, so they are
+    comparable at temperature 1 only; there they must agree, and a gap means a mismatch bug (re-tokenization,
+    misaligned positions)."""
+    if temperature != 1.0:
+        return {}
+    mask = batch.response_mask
+    gap = (log_probs - batch.rollout_log_probs).abs() * mask
+    return {"batch/rollout_logprob_gap": float(gap.sum() / mask.sum().clamp(min=1)) * share}

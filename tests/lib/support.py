@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -73,3 +74,16 @@ class CountingBM25(BM25Index):
         with self._lock:
             self.calls += 1
         return super().batch_search(queries, k, threads)
+
+
+VOLATILE_METRICS = ("timing/", "perf/")
+"""Metric key prefixes that measure the machine, not the run: left out when runs are compared."""
+
+
+def comparable_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A metrics row without the machine-dependent values (timings, throughput, latencies)."""
+    return {
+        key: value
+        for key, value in metrics.items()
+        if not key.startswith(VOLATILE_METRICS) and not key.endswith("latency_s")
+    }

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support import EXPANDSEARCH, require_console_script, run_expandsearch
+from support import EXPANDSEARCH, comparable_metrics, require_console_script, run_expandsearch
 
 from expandsearch.tracking import METRICS_FILE, read_metrics
 
@@ -88,9 +88,7 @@ def test_bad_config_fails_before_anything_runs(tmp_path: Path) -> None:
 
 
 def comparable_rows(run_dir: Path) -> list[dict[str, Any]]:
-    rows = read_metrics(run_dir / METRICS_FILE)
-    volatile = ("timing/", "perf/")
-    return [{k: v for k, v in row.items() if not k.startswith(volatile) and not k.endswith("latency_s")} for row in rows]
+    return [comparable_metrics(row) for row in read_metrics(run_dir / METRICS_FILE)]
 
 
 def test_killed_run_resumes_to_the_same_metrics(world_dir: Path, warm_policy_dir: Path, tmp_path: Path) -> None:

@@ -8,19 +8,11 @@ from typing import Any
 
 import pytest
 import torch
+from support import comparable_metrics
 
 from expandsearch.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from expandsearch.rl.main_job import build_trainer, ensure_index
 from expandsearch.rl.trainer import DataOrder, Trainer
-
-VOLATILE = ("timing/", "perf/")
-"""Metrics that measure the machine, not the run: excluded when runs are compared."""
-
-
-def comparable(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {
-        key: value for key, value in metrics.items() if not key.startswith(VOLATILE) and not key.endswith("latency_s")
-    }
 
 
 @pytest.fixture
@@ -108,7 +100,7 @@ def test_data_order_covers_every_question_once_per_epoch_and_resumes() -> None:
 
 def test_resumed_run_continues_exactly_like_an_uninterrupted_one(make_trainer: Any, tmp_path: Path) -> None:
     uninterrupted = make_trainer(steps=4)
-    expected = [comparable(uninterrupted.train_step()) for _ in range(4)]
+    expected = [comparable_metrics(uninterrupted.train_step()) for _ in range(4)]
 
     killed = make_trainer(steps=4)
     for _ in range(2):
@@ -121,4 +113,4 @@ def test_resumed_run_continues_exactly_like_an_uninterrupted_one(make_trainer: A
     assert checkpoint is not None
     resumed.load_state_dict(load_checkpoint(checkpoint))
     assert resumed.step == 2
-    assert [comparable(resumed.train_step()) for _ in range(2)] == expected[2:]
+    assert [comparable_metrics(resumed.train_step()) for _ in range(2)] == expected[2:]
