@@ -21,10 +21,13 @@ from typing import Any
 
 from agent_env.episode import Trajectory, TurnRecord
 from agent_env.reward import cover_exact_match, exact_match, f1_score
+from eval.fallback import ANSWER_FALLBACKS, last_turn_answer
 
 MEAN_KEYS = ("em", "f1", "cover_em", "answered", "valid_action_rate", "turns", "searches", "tokens", "context_tokens")
 """Row keys averaged over every question of a dataset x method."""
-OPTIONAL_MEAN_KEYS = ("answer_in_passages", "recall")
+FALLBACK_KEYS = ("fallback_em", "fallback_f1", "fallback_cover_em", "fallback_used")
+"""Row keys of a run with an answer fallback (``eval.fallback``); absent from the rows of a run without one."""
+OPTIONAL_MEAN_KEYS = ("answer_in_passages", "recall", *FALLBACK_KEYS)
 """Row keys averaged over the questions where they are measured (not None); left out when none are."""
 
 
@@ -98,6 +101,7 @@ def example_metrics(
     *,
     environment_turns: Sequence[TurnRecord] = (),
     retrieves: bool = True,
+    answer_fallback: str = "none",
 ) -> dict[str, Any]:
     """One question's row: answer metrics, retrieval metrics and the episode's cost.
 
@@ -108,7 +112,12 @@ def example_metrics(
     ``answer_in_passages``, ``recall``, ``turns`` (policy turns),
     ``searches``, ``variants`` (query variants run, over all searches), ``tokens`` (policy-generated tokens),
     ``context_tokens`` (prompt + response, what the model read and wrote), ``termination``.
+
+    The answer metrics and ``answered`` are always those of the tagged answer. ``answer_fallback="last-turn"``
+    adds the keys of :func:`fallback_metrics`; ``"none"`` adds nothing.
     """
+    if answer_fallback not in ANSWER_FALLBACKS:
+        raise ValueError(f"unknown answer fallback {answer_fallback!r}; known: {', '.join(ANSWER_FALLBACKS)}")
     answer = trajectory.answer
     passages = retrieved_passages([*environment_turns, *trajectory.turns])
     episode_searches = trajectory.metrics.get("searches", 0.0)
@@ -128,6 +137,27 @@ def example_metrics(
         "tokens": int(sum(trajectory.response_mask)),
         "context_tokens": len(trajectory.prompt_ids) + len(trajectory.response_ids),
         "termination": trajectory.termination,
+        **(fallback_metrics(trajectory, golds) if answer_fallback == "last-turn" else {}),
+    }
+
+
+def fallback_metrics(trajectory: Trajectory, golds: Sequence[str]) -> dict[str, Any]:
+    """The answer metrics with the last-turn fallback: the tagged answer when there is one, else the cleaned text
+    of the policy's last turn (:func:`eval.fallback.last_turn_answer`).
+
+    Keys: ``fallback_prediction`` (the last-turn text; None when the episode was answered in tags or left no
+    text), ``fallback_used`` (1.0 when the scored prediction is that text), ``fallback_em``, ``fallback_f1``,
+    ``fallback_cover_em`` (0 when there is no prediction at all). Equal to the strict metrics on tagged answers.
+    """
+    answer = trajectory.answer
+    fallback = last_turn_answer([turn.policy_text for turn in trajectory.turns]) if answer is None else None
+    prediction = answer if answer is not None else fallback
+    return {
+        "fallback_prediction": fallback,
+        "fallback_used": float(fallback is not None),
+        "fallback_em": 0.0 if prediction is None else exact_match(prediction, golds),
+        "fallback_f1": 0.0 if prediction is None else f1_score(prediction, golds),
+        "fallback_cover_em": 0.0 if prediction is None else cover_exact_match(prediction, golds),
     }
 
 

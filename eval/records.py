@@ -24,6 +24,7 @@ def example_record(
     *,
     environment_turns: Sequence[TurnRecord] = (),
     retrieves: bool = True,
+    answer_fallback: str = "none",
 ) -> dict[str, Any]:
     """The jsonl record of one question: id, question, golds, the metrics of :func:`example_metrics`, trace."""
     metrics = example_metrics(
@@ -32,6 +33,7 @@ def example_record(
         example.metadata,
         environment_turns=environment_turns,
         retrieves=retrieves,
+        answer_fallback=answer_fallback,
     )
     return {
         "id": example.id,

@@ -8,8 +8,10 @@ The results dict is the one thing every report is made from (and what ``results.
      "datasets": {dataset: {"file", "note", "examples"}}, "methods": [...], "settings": {...},
      "seconds": total, "finished": ISO time}
 
-Metrics that were not measured are absent (``answer_in_passages`` without retrieval, ``recall`` without
-ground truth, ``variants_per_search`` without searches) and show as ``-``. ``seconds`` and ``played`` are this
+A run with ``--answer-fallback`` also has ``fallback_em``, ``fallback_f1``, ``fallback_cover_em`` and
+``fallback_used`` per method, shown after cover-EM with ``answered``. Metrics that were not measured are absent
+(``answer_in_passages`` without retrieval, ``recall`` without ground truth, ``variants_per_search`` without
+searches) and show as ``-``. ``seconds`` and ``played`` are this
 invocation's: a resumed run plays (and times) only the questions it lacked.
 """
 
@@ -38,14 +40,39 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 """Table columns: header, metric key, number format."""
 
+FALLBACK_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("answered", "answered", "{:.3f}"),
+    ("EM +fallback", "fallback_em", "{:.3f}"),
+    ("F1 +fallback", "fallback_f1", "{:.3f}"),
+    ("cover-EM +fallback", "fallback_cover_em", "{:.3f}"),
+    ("fallback used", "fallback_used", "{:.3f}"),
+)
+"""Columns after cover-EM in the table of a run with an answer fallback (``--answer-fallback``)."""
+FALLBACK_AFTER = "cover_em"
+
+
+def table_columns(results: Mapping[str, Any]) -> tuple[tuple[str, str, str], ...]:
+    """:data:`COLUMNS`, with :data:`FALLBACK_COLUMNS` after cover-EM when the run used an answer fallback."""
+    if answer_fallback(results) == "none":
+        return COLUMNS
+    keys = [key for _, key, _ in COLUMNS]
+    cut = keys.index(FALLBACK_AFTER) + 1
+    return (*COLUMNS[:cut], *FALLBACK_COLUMNS, *COLUMNS[cut:])
+
+
+def answer_fallback(results: Mapping[str, Any]) -> str:
+    """The run's ``--answer-fallback`` (``none`` for results recorded before the option existed)."""
+    return str(results.get("settings", {}).get("answer_fallback", "none"))
+
 
 def results_table(results: Mapping[str, Any]) -> str:
     """A markdown table, one row per dataset x method, and a few lines saying how the numbers were made."""
-    header = ["dataset", "method", *(name for name, _, _ in COLUMNS)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * len(COLUMNS)]
+    columns = table_columns(results)
+    header = ["dataset", "method", *(name for name, _, _ in columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * len(columns)]
     for dataset, by_method in results["results"].items():
         for method, metrics in by_method.items():
-            cells = [dataset, method, *(_cell(metrics.get(key), form) for _, key, form in COLUMNS)]
+            cells = [dataset, method, *(_cell(metrics.get(key), form) for _, key, form in columns)]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join([*lines, "", *_footer(results)])
 
@@ -63,6 +90,12 @@ def _footer(results: Mapping[str, Any]) -> list[str]:
             f"Greedy decoding; squeezer `{settings.get('squeezer')}`; top-{episode['topk']} per query; "
             f"up to {episode['max_turns']} turns of {episode['max_turn_tokens']} tokens; "
             f"up to {episode['max_variants']} variants per search (search_r1: 1); tokens: policy-generated."
+        )
+    if answer_fallback(results) != "none":
+        notes.append(
+            "EM, F1, cover-EM: the tagged `<answer>` only; answered: share answered in tags. `+fallback`: scored on "
+            f"the tagged answer, else the policy's last turn (`--answer-fallback {answer_fallback(results)}`); "
+            "fallback used: share of questions scored on that text."
         )
     for name, dataset in results.get("datasets", {}).items():
         note = f" ({dataset['note']})" if dataset.get("note") else ""

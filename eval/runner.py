@@ -19,7 +19,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from agent_env.episode import AgentEnv
 from agent_env.rollout import EpisodeInput, RolloutRunner
 from data_prep.formats import QAExample
 from eval.datasets import EvalDataset
+from eval.fallback import ANSWER_FALLBACKS
 from eval.methods import METHODS, Method
 from eval.metrics import aggregate
 from eval.records import example_record
@@ -51,26 +52,44 @@ async def evaluate(
     out_dir: str | Path,
     *,
     concurrency: int = 64,
+    answer_fallback: str = "none",
     log: Log = print,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Play every dataset x method (resuming from ``out_dir``); ``{dataset: {method: metrics}}``.
 
     Each metrics dict is :func:`eval.metrics.aggregate` over the dataset's examples, plus ``seconds`` (time this
     call spent on it) and ``played`` (questions played by this call; the others were already in the jsonl).
+    ``answer_fallback`` (``eval.fallback``) adds the fallback-scored metrics to every row written.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    check_answer_fallback(answer_fallback)
     results: dict[str, dict[str, dict[str, float]]] = {}
     for dataset in datasets:
         results[dataset.name] = {}
         for name in methods:
             path = Path(out_dir) / dataset.name / f"{name}.jsonl"
-            results[dataset.name][name] = await evaluate_method(env, name, dataset, path, concurrency, log)
+            results[dataset.name][name] = await evaluate_method(
+                env, name, dataset, path, concurrency, log, answer_fallback=answer_fallback
+            )
     return results
 
 
+def check_answer_fallback(answer_fallback: str) -> None:
+    """ValueError for an ``answer_fallback`` that ``eval.fallback`` does not know (before anything loads)."""
+    if answer_fallback not in ANSWER_FALLBACKS:
+        raise ValueError(f"unknown answer fallback {answer_fallback!r}; known: {', '.join(ANSWER_FALLBACKS)}")
+
+
 async def evaluate_method(
-    env: AgentEnv, name: str, dataset: EvalDataset, path: Path, concurrency: int, log: Log
+    env: AgentEnv,
+    name: str,
+    dataset: EvalDataset,
+    path: Path,
+    concurrency: int,
+    log: Log,
+    *,
+    answer_fallback: str = "none",
 ) -> dict[str, float]:
     """One dataset x method: play the questions ``path`` lacks, then aggregate all of the dataset's rows."""
     method = METHODS[name]
@@ -81,7 +100,7 @@ async def evaluate_method(
         log(f"{dataset.name} / {name}: {len(todo)} to play" + (f", {done} already in {path}" if done else ""))
         started = time.perf_counter()
         progress = _progress(f"{dataset.name} / {name}", len(todo), log)
-        await _play_all(method_env, method, todo, results, concurrency, progress)
+        await _play_all(method_env, method, todo, results, concurrency, progress, answer_fallback)
         seconds = time.perf_counter() - started
         rows = [results.records[example.id] for example in dataset.examples]
     metrics = {**aggregate(rows), "seconds": seconds, "played": float(len(todo))}
@@ -111,6 +130,7 @@ async def _play_all(
     results: ResultsFile,
     concurrency: int,
     progress: Callable[[], None],
+    answer_fallback: str = "none",
 ) -> None:
     """Play ``examples`` with at most ``concurrency`` in flight, appending each record as its episode ends.
 
@@ -127,7 +147,11 @@ async def _play_all(
             episode = EpisodeInput(prepared.question, tuple(example.golden_answers), example.id)
             (trajectory,) = await runner.run([episode])
         record = example_record(
-            example, trajectory, environment_turns=prepared.environment_turns, retrieves=method.retrieves
+            example,
+            trajectory,
+            environment_turns=prepared.environment_turns,
+            retrieves=method.retrieves,
+            answer_fallback=answer_fallback,
         )
         results.append(record)
         progress()
@@ -142,7 +166,7 @@ async def _play_all(
         raise
 
 
-def run_settings(spec: EnvSpec, datasets: Sequence[EvalDataset]) -> dict[str, Any]:
+def run_settings(spec: EnvSpec, datasets: Sequence[EvalDataset], answer_fallback: str = "none") -> dict[str, Any]:
     """What this run's results depend on, for ``run.json``; checks the model and index (one-line errors)."""
     episode = {key: value for key, value in asdict(spec.config).items() if key not in EPISODE_KEYS_SET_BY_METHODS}
     return {
@@ -152,6 +176,7 @@ def run_settings(spec: EnvSpec, datasets: Sequence[EvalDataset]) -> dict[str, An
         "retriever": retriever_identity(spec),
         "squeezer": spec.squeezer,
         "episode": episode,
+        "answer_fallback": answer_fallback,  # the rows hold fallback-scored metrics or not
         "datasets": {dataset.name: str(dataset.spec.path) for dataset in datasets},
     }
 
@@ -222,6 +247,7 @@ def run_evaluation(
     out_dir: str | Path,
     *,
     concurrency: int = 64,
+    answer_fallback: str = "none",
     log: Log = print,
 ) -> dict[str, Any]:
     """The whole job: check ``out_dir``, load the policy once, play everything, write the reports.
@@ -229,12 +255,23 @@ def run_evaluation(
     Everything that can fail cheaply (model path, index, retriever, squeezer spec, a directory of another run)
     fails before the policy loads, with a one-line reason (EnvSetupError, FileNotFoundError, RunMismatchError).
     """
-    settings = check_run_settings(out_dir, run_settings(spec, datasets))
+    check_answer_fallback(answer_fallback)
+    settings = check_run_settings(out_dir, run_settings(spec, datasets, answer_fallback))
     started = time.perf_counter()
-    per_method = asyncio.run(_evaluate_with_env(spec, settings, datasets, methods, Path(out_dir), concurrency, log))
+    play = _Play(concurrency, answer_fallback, log)
+    per_method = asyncio.run(_evaluate_with_env(spec, settings, datasets, methods, Path(out_dir), play))
     results = build_results(per_method, datasets, methods, settings, time.perf_counter() - started)
     write_reports(results, out_dir)
     return results
+
+
+@dataclass(frozen=True)
+class _Play:
+    """How the questions are played and recorded: episodes in flight, the answer fallback, the progress log."""
+
+    concurrency: int
+    answer_fallback: str
+    log: Log
 
 
 async def _evaluate_with_env(
@@ -243,8 +280,7 @@ async def _evaluate_with_env(
     datasets: Sequence[EvalDataset],
     methods: Sequence[str],
     out_dir: Path,
-    concurrency: int,
-    log: Log,
+    play: _Play,
 ) -> dict[str, dict[str, dict[str, float]]]:
     from agent_env.assembly import build_env, close_env
 
@@ -252,6 +288,14 @@ async def _evaluate_with_env(
     try:
         # written once the environment stands, so a typo in a path never records settings that make no results
         write_run_settings(out_dir, settings)
-        return await evaluate(env, datasets, methods, out_dir, concurrency=concurrency, log=log)
+        return await evaluate(
+            env,
+            datasets,
+            methods,
+            out_dir,
+            concurrency=play.concurrency,
+            answer_fallback=play.answer_fallback,
+            log=play.log,
+        )
     finally:
         await close_env(env)

@@ -27,6 +27,9 @@ from typing import IO, Any
 RUN_FILE = "run.json"
 DATASETS_KEY = "datasets"
 """The settings key whose entries may grow between runs (dataset name → file); every other key must match."""
+LATER_SETTINGS: dict[str, Any] = {"answer_fallback": "none"}
+"""Settings added after runs were already recorded, with the value those runs had: a missing key compares as this
+value, so a ``run.json`` written before the key existed resumes under the same settings and is refused under others."""
 
 
 class RunMismatchError(ValueError):
@@ -109,7 +112,7 @@ def check_run_settings(out_dir: str | Path, settings: Mapping[str, Any]) -> dict
         if out.is_dir() and any(out.glob("*/*.jsonl")):
             raise RunMismatchError(f"{out} holds result files but no {RUN_FILE}; use another --out or delete them")
         return dict(settings)
-    differences = settings_differences(recorded, settings)
+    differences = settings_differences({**LATER_SETTINGS, **recorded}, {**LATER_SETTINGS, **settings})
     if differences:
         raise RunMismatchError(
             f"{out} holds results of another run ({'; '.join(differences)}); use another --out or delete it"

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 HELP = "evaluate a policy on QA datasets: direct, naive RAG, Search-R1-style and ExpandSearch agents (EM, F1, recall)"
 
 DEFAULT_METHODS = "direct,rag,search_r1,expandsearch"
+# Kept here rather than imported so `expandsearch --help` stays instant; tests check they match eval.fallback's.
+ANSWER_FALLBACKS = ("none", "last-turn")
 COUNT_ARGUMENTS = (
     "limit",
     "variants",
@@ -59,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="most sequences per generation batch (default 64)")
     parser.add_argument("--device", help="torch device of the policy (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", help="policy dtype, e.g. bfloat16 (default: the checkpoint's)")
+    parser.add_argument(
+        "--answer-fallback",
+        default="none",
+        choices=ANSWER_FALLBACKS,
+        help="also score untagged episodes on the policy's last turn (reported apart from EM; default none)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +84,15 @@ def run(args: argparse.Namespace) -> int:
         for dataset in datasets:
             note = f" ({dataset.spec.note})" if dataset.spec.note else ""
             print(f"{dataset.name}: {len(dataset.examples)} questions from {dataset.spec.path}{note}", flush=True)
-        results = run_evaluation(_env_spec(args), datasets, methods, args.out, concurrency=args.concurrency, log=_log)
+        results = run_evaluation(
+            _env_spec(args),
+            datasets,
+            methods,
+            args.out,
+            concurrency=args.concurrency,
+            answer_fallback=args.answer_fallback,
+            log=_log,
+        )
     except (EnvSetupError, DatasetError, RunMismatchError) as error:
         raise UserError(str(error)) from error
     from eval.report import results_table

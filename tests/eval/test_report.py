@@ -81,3 +81,20 @@ def test_write_reports_writes_json_markdown_and_png(tmp_path: Path) -> None:
     assert json.loads((tmp_path / RESULTS_JSON).read_text()) == results
     assert (tmp_path / RESULTS_MD).read_text() == table + "\n"
     assert (tmp_path / RESULTS_PNG).read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_a_run_with_an_answer_fallback_shows_answered_and_the_fallback_scores() -> None:
+    results = hand_built_results()
+    results["settings"]["answer_fallback"] = "last-turn"
+    fallback = {"fallback_em": 0.5, "fallback_f1": 0.6, "fallback_cover_em": 0.7, "fallback_used": 0.25}
+    results["results"]["nq"]["direct"].update(fallback)
+    lines = results_table(results).splitlines()
+    assert lines[0].startswith(
+        "| dataset | method | n | EM | F1 | cover-EM | answered | EM +fallback | F1 +fallback | cover-EM +fallback "
+        "| fallback used | answer in passages |"
+    )
+    assert lines[2].startswith(
+        "| nq | direct | 3 | 0.333 | 0.500 | 0.400 | 1.000 | 0.500 | 0.600 | 0.700 | 0.250 | - |"
+    )
+    assert "`+fallback`: scored on the tagged answer, else the policy's last turn" in results_table(results)
+    assert "+fallback" not in results_table(hand_built_results())

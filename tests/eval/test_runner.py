@@ -203,3 +203,36 @@ def test_a_missing_index_fails_before_anything_loads(tiny_policy_dir: Path, tmp_
     spec = EnvSpec(model=str(tiny_policy_dir), index_dir=str(tmp_path / "nothing"))
     with pytest.raises(EnvSetupError, match="cannot load index"):
         retriever_identity(spec)
+
+
+def test_an_untagged_policy_scores_zero_em_and_its_last_turn_is_scored_apart(
+    tiny_world: World, policy_tokenizer: Any, world_bm25: BM25Index, tmp_path: Path
+) -> None:
+    dataset = world_dataset(tiny_world, 4)
+    golds = {example.question: example.golden_answers[0] for example in dataset.examples}
+
+    def untagged(context: str) -> str:  # knows every answer, never writes the tags
+        question = next(question for question in golds if f"Question: {question}\n" in context)
+        return f"Question: {question}\nAnswer: {golds[question]}. That is all."
+
+    async def run() -> dict[str, dict[str, dict[str, float]]]:
+        search = LocalSearch(world_bm25)
+        env = AgentEnv(ScriptedPolicy(policy_tokenizer, untagged), policy_tokenizer, search, NoSqueezer())
+        try:
+            return await evaluate(env, [dataset], ["direct", "search_r1"], tmp_path, answer_fallback="last-turn")
+        finally:
+            await search.aclose()
+
+    results = asyncio.run(run())["world"]
+    for method in ("direct", "search_r1"):
+        assert (results[method]["em"], results[method]["answered"]) == (0.0, 0.0)
+        assert results[method]["fallback_em"] == results[method]["fallback_used"] == 1.0
+    record = lines(tmp_path / "world" / "direct.jsonl")[0]
+    assert record["prediction"] is None
+    assert record["fallback_prediction"] == f"{golds[record['question']]}."
+
+
+def test_run_settings_record_the_answer_fallback(tiny_policy_dir: Path, tmp_path: Path) -> None:
+    spec = EnvSpec(model=str(tiny_policy_dir), retriever_url="http://127.0.0.1:9", squeezer="none")
+    assert run_settings(spec, [])["answer_fallback"] == "none"
+    assert run_settings(spec, [], "last-turn")["answer_fallback"] == "last-turn"

@@ -86,3 +86,17 @@ def test_result_files_without_run_json_are_refused(tmp_path: Path) -> None:
     (tmp_path / "nq" / "rag.jsonl").write_text('{"id": "a"}\n')
     with pytest.raises(RunMismatchError, match=r"no run\.json"):
         check_run_settings(tmp_path, settings())
+
+
+def test_a_run_json_from_before_the_answer_fallback_resumes_without_one_and_refuses_one(tmp_path: Path) -> None:
+    write_run_settings(tmp_path, settings())  # no answer_fallback key, as run.json files written before it existed
+    assert check_run_settings(tmp_path, settings(answer_fallback="none")) == settings(answer_fallback="none")
+    with pytest.raises(RunMismatchError, match="answer_fallback: was 'none', now 'last-turn'"):
+        check_run_settings(tmp_path, settings(answer_fallback="last-turn"))
+
+
+def test_another_answer_fallback_is_refused(tmp_path: Path) -> None:
+    write_run_settings(tmp_path, settings(answer_fallback="last-turn"))
+    assert check_run_settings(tmp_path, settings(answer_fallback="last-turn"))["answer_fallback"] == "last-turn"
+    with pytest.raises(RunMismatchError, match="answer_fallback: was 'last-turn', now 'none'"):
+        check_run_settings(tmp_path, settings(answer_fallback="none"))

@@ -226,3 +226,24 @@ def test_a_prepared_distractor_set_measures_supporting_passage_recall(
     assert "(no test.jsonl, using dev.jsonl)" in result.stdout
     rag = results_of(out)["results"]["hotpotqa"]["rag"]
     assert 0 < rag["recall"] <= 1, "BM25 with the question finds some supporting paragraphs of its own context"
+
+
+@pytest.mark.slow
+def test_an_answer_fallback_is_reported_apart_and_recorded_so_a_strict_rerun_is_refused(
+    tiny_policy_dir: Path, world_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data_dir, index = world_data
+    out = tmp_path / "out"
+    args = quick(tiny_policy_dir, "--data-dir", data_dir, "--datasets", "world", "--index", index, "--out", out)
+    args += ["--methods", "direct", "--limit", "2"]
+    result = evaluate(*args, "--answer-fallback", "last-turn")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "run.json").read_text())["settings"]["answer_fallback"] == "last-turn"
+    metrics = results_of(out)["results"]["world"]["direct"]
+    assert metrics["answered"] + metrics["fallback_used"] <= 1
+    assert "fallback_em" in metrics
+    assert "| EM +fallback |" in (out / "results.md").read_text()
+    assert all("fallback_prediction" in record for record in jsonl(out / "world" / "direct.jsonl"))
+    refused = evaluate(*args)
+    assert refused.returncode == 2
+    assert "answer_fallback: was 'last-turn', now 'none'" in refused.stderr
