@@ -58,6 +58,9 @@ class ResultsFile:
                 raise ValueError(
                     f"{self.path}:{number}: not a JSON line ({error}); delete the line or the file"
                 ) from error
+            if not isinstance(record, dict) or "id" not in record:
+                # without an id the line cannot say which question it answers, so resuming would play it again
+                raise ValueError(f"{self.path}:{number}: not a result record (no 'id'); delete the line or the file")
             self.records[str(record["id"])] = record
         if len(complete) < len(data):
             with self.path.open("r+b") as handle:
@@ -90,14 +93,17 @@ class ResultsFile:
 
 
 def read_run_settings(out_dir: str | Path) -> dict[str, Any] | None:
+    """The settings ``OUT/run.json`` records; None without one, RunMismatchError when it cannot be read."""
     path = Path(out_dir) / RUN_FILE
     if not path.is_file():
         return None
     try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
+        recorded = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise RunMismatchError(f"{path} is not valid JSON ({error}); delete it or use another --out") from error
-    return dict(settings["settings"])
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("settings"), dict):
+        raise RunMismatchError(f"{path} holds no run settings (not written by this harness); use another --out")
+    return dict(recorded["settings"])
 
 
 def check_run_settings(out_dir: str | Path, settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from expandsearch.cli import UserError
 
 if TYPE_CHECKING:
+    from eval.datasets import EvalDataset
     from eval.retrieval import RetrievalSource
 
 HELP = "retrieval-only evaluation: supporting-passage recall and answer-in-passages@k, the question as the query"
@@ -44,20 +46,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eval.datasets import DatasetError, load_dataset
-    from eval.retrieval import (
-        check_unique_names,
-        evaluate_retrieval,
-        parse_ks,
-        resolve_data,
-        results_table,
-        write_outputs,
-    )
+    from eval.retrieval import evaluate_retrieval, parse_ks, results_table, write_outputs
     from retriever_server.client import RetrieverError
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a file, not a folder")  # said now, not after the evaluation
     ks = parse_ks(args.topk)
+    datasets = _load_datasets(args)
+    try:
+        with _open_source(args) as source:
+            report = evaluate_retrieval(source, datasets, ks, log=lambda line: print(line, flush=True))
+    except RetrieverError as error:  # a server that is down or refuses the request: one line, not a traceback
+        raise UserError(str(error)) from error
+    results = report.results()
+    print(results_table(results))
+    if args.out:
+        try:
+            write_outputs(report, args.out)
+        except OSError as error:  # a folder that cannot be made or written: one line, not a traceback
+            raise UserError(f"cannot write --out {args.out}: {error}") from error
+        print(f"\nwritten to {args.out}: results.json, results.md, <dataset>.jsonl ({report.seconds:.1f} s)")
+    return 0
+
+
+def _load_datasets(args: argparse.Namespace) -> list[EvalDataset]:
+    """The ``--data`` datasets (first ``--limit`` questions each), each announced in one line."""
+    from eval.datasets import DatasetError, load_dataset
+    from eval.retrieval import check_unique_names, resolve_data
+
     try:
         specs = [resolve_data(item, args.split) for item in args.data]
         check_unique_names(specs)
@@ -67,17 +85,7 @@ def run(args: argparse.Namespace) -> int:
     for dataset in datasets:
         note = f" ({dataset.spec.note})" if dataset.spec.note else ""
         print(f"{dataset.name}: {len(dataset.examples)} questions from {dataset.spec.path}{note}", flush=True)
-    try:
-        with _open_source(args) as source:
-            report = evaluate_retrieval(source, datasets, ks, log=lambda line: print(line, flush=True))
-    except RetrieverError as error:  # a server that is down or refuses the request: one line, not a traceback
-        raise UserError(str(error)) from error
-    results = report.results()
-    print(results_table(results))
-    if args.out:
-        write_outputs(report, args.out)
-        print(f"\nwritten to {args.out}: results.json, results.md, <dataset>.jsonl ({report.seconds:.1f} s)")
-    return 0
+    return datasets
 
 
 def _open_source(args: argparse.Namespace) -> AbstractContextManager[RetrievalSource]:

@@ -121,6 +121,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         print(JOBS[args.job][2](args))
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
+    except OSError as error:  # a missing input, or an --out that is a file, a folder or not writable: one line
         raise UserError(str(error)) from error
     return 0

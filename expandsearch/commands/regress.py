@@ -15,8 +15,12 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from expandsearch.cli import UserError
+
+if TYPE_CHECKING:
+    from eval.regress import LoadedCondition
 
 HELP = "run regression conditions (YAML: setup, command, expected scores) and print OK / FAIL per score"
 
@@ -39,26 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eval.regress import (
-        DEFAULT_SHARED,
-        RegressionFileError,
-        RunSettings,
-        default_files,
-        markdown_report,
-        run_conditions,
-        select_conditions,
-        shipped_files,
-    )
+    from eval.regress import DEFAULT_SHARED, RunSettings, markdown_report, run_conditions
 
-    only = [name.strip() for value in args.only for name in value.split(",") if name.strip()]
-    if args.files:
-        files = [Path(path) for path in args.files]
-    else:
-        files = shipped_files() if only or args.list else default_files()
-    try:
-        items = select_conditions(files, only)
-    except RegressionFileError as error:
-        raise UserError(str(error)) from error
+    files, items = _selected_conditions(args)
     if args.list:
         for item in items:
             print(f"{item.name}\t{item.source}")
@@ -67,13 +54,41 @@ def run(args: argparse.Namespace) -> int:
         print(f"no conditions in {', '.join(map(str, files))}")
         return 0
     settings = RunSettings(Path(args.work).resolve(), Path(args.shared or DEFAULT_SHARED).resolve())
+    report = Path(args.report) if args.report else settings.work / "report.md"
+    _check_writable(settings.work, report)
     started = time.perf_counter()
     results = run_conditions(items, settings, log=lambda line: print(line, flush=True))
     seconds = time.perf_counter() - started
-    report = Path(args.report) if args.report else settings.work / "report.md"
-    report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(markdown_report(results, settings, seconds), encoding="utf-8")
     failed = [result.name for result in results if not result.ok]
     summary = f"{len(results) - len(failed)} of {len(results)} conditions OK in {seconds:.1f} s"
     print(f"\n{summary}" + (f"; failed: {', '.join(failed)}" if failed else "") + f"\nreport: {report}")
     return 1 if failed else 0
+
+
+def _selected_conditions(args: argparse.Namespace) -> tuple[list[Path], list[LoadedCondition]]:
+    """The files read and the conditions chosen: the files given (else the default set, or every shipped file
+    with ``--only`` or ``--list``), only the ``--only`` names when given."""
+    from eval.regress import RegressionFileError, default_files, select_conditions, shipped_files
+
+    only = [name.strip() for value in args.only for name in value.split(",") if name.strip()]
+    if args.files:
+        files = [Path(path) for path in args.files]
+    else:
+        files = shipped_files() if only or args.list else default_files()
+    try:
+        return files, select_conditions(files, only)
+    except RegressionFileError as error:
+        raise UserError(str(error)) from error
+
+
+def _check_writable(work: Path, report: Path) -> None:
+    """Make the work folder and the report's folder before anything runs, so a --work or --report that cannot
+    be written is a one-line error now, not a traceback after every condition has run."""
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        report.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(str(error)) from error
+    if report.is_dir():
+        raise UserError(f"--report {report} is a folder; name a markdown file")

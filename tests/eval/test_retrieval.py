@@ -238,7 +238,12 @@ def test_eval_retrieval_user_errors(hotpot_slice: Path, tmp_path: Path) -> None:
     missing_data = expandsearch("eval-retrieval", "--data", tmp_path / "none.jsonl", "--index", tmp_path)
     assert missing_data.returncode == 2
     assert "no file or folder" in missing_data.stderr
-    for result in (missing_index, bad_topk, missing_data):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder", encoding="utf-8")
+    out_is_a_file = expandsearch("eval-retrieval", "--data", hotpot_slice, "--index", tmp_path, "--out", a_file)
+    assert out_is_a_file.returncode == 2
+    assert f"--out {a_file} is a file" in out_is_a_file.stderr
+    for result in (missing_index, bad_topk, missing_data, out_is_a_file):
         assert "Traceback" not in result.stderr
 
 

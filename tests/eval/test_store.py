@@ -40,6 +40,13 @@ def test_a_corrupt_line_inside_the_file_is_an_error_naming_it(tmp_path: Path) ->
         ResultsFile(path)
 
 
+def test_a_line_without_an_id_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "rag.jsonl"
+    path.write_text('{"id": "a"}\n{"em": 1.0}\n')
+    with pytest.raises(ValueError, match=r"rag\.jsonl:2: not a result record \(no 'id'\)"):
+        ResultsFile(path)
+
+
 def settings(**changes: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "model": {"path": "/models/a", "files": "abc"},
@@ -100,3 +107,10 @@ def test_another_answer_fallback_is_refused(tmp_path: Path) -> None:
     assert check_run_settings(tmp_path, settings(answer_fallback="last-turn"))["answer_fallback"] == "last-turn"
     with pytest.raises(RunMismatchError, match="answer_fallback: was 'last-turn', now 'none'"):
         check_run_settings(tmp_path, settings(answer_fallback="none"))
+
+
+@pytest.mark.parametrize("content", ['{"model": "x"}', "[1, 2]", '{"settings": 3}'])
+def test_a_run_json_without_settings_is_refused_in_one_line(tmp_path: Path, content: str) -> None:
+    (tmp_path / RUN_FILE).write_text(content)
+    with pytest.raises(RunMismatchError, match=r"run\.json holds no run settings"):
+        check_run_settings(tmp_path, settings())

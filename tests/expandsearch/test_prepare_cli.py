@@ -250,6 +250,17 @@ def test_other_user_errors(shared_data: Path, tmp_path: Path) -> None:
         expandsearch("prepare", "mix", "--input", tmp_path / "none", "--out", tmp_path / "m.parquet"),
         "mix input not found",
     )
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder", encoding="utf-8")
+    assert_user_error(
+        expandsearch("prepare", "qa", "--dataset", "nq", "--input", nq, "--out", a_file, "--limit", "2"),
+        "File exists",
+        str(a_file),
+    )
+    assert_user_error(
+        expandsearch("prepare", "corpus", "--input", nq, "--out", a_file / "c.jsonl", "--format", "wiki18"),
+        str(a_file),
+    )
     bad_layout = expandsearch(
         "prepare", "qa", "--dataset", "nq", "--input", nq, "--out", tmp_path / "o", "--layout", "x"
     )

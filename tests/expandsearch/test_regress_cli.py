@@ -137,6 +137,13 @@ def test_bad_files_and_names_are_one_line_errors(tmp_path: Path) -> None:
     unknown = regress("--only", "no-such-condition")
     assert unknown.returncode == 2
     assert "no condition named no-such-condition" in unknown.stderr
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    work_is_a_file = regress("--only", "2wiki-bm25", "--work", a_file)  # refused before anything runs
+    assert work_is_a_file.returncode == 2
+    assert "Traceback" not in work_is_a_file.stderr
+    assert "File exists" in work_is_a_file.stderr
+    assert "2wiki-bm25" not in work_is_a_file.stdout
 
 
 def test_list_and_a_file_without_conditions() -> None:
