@@ -146,11 +146,10 @@ class RegressionFile(BaseModel):
                         f"condition {condition.name}: {where} uses unknown placeholder(s) "
                         f"{', '.join(sorted(unknown))} (known: {', '.join(PLACEHOLDERS)})"
                     )
-            if not _is_expandsearch(condition.command):
-                raise ValueError(f"condition {condition.name}: command must start with {PROGRAM!r}")
-            for number, step in enumerate(condition.setup, start=1):
-                if not _is_expandsearch(step.run):
-                    raise ValueError(f"condition {condition.name}: setup step {number} must start with {PROGRAM!r}")
+            commands = [("command", condition.command)]
+            commands += [(f"setup step {number}", step.run) for number, step in enumerate(condition.setup, start=1)]
+            for where, command in commands:
+                _check_command(condition.name, where, command)
         return self
 
 
@@ -169,9 +168,15 @@ def _placeholders(text: str) -> set[str]:
         raise ValueError(f"bad braces in {text!r} ({error}); write {{{{ and }}}} for literal braces") from error
 
 
-def _is_expandsearch(command: str) -> bool:
-    words = command.split(maxsplit=1)
-    return bool(words) and words[0] == PROGRAM
+def _check_command(condition: str, where: str, command: str) -> None:
+    """ValueError unless ``command`` splits like a shell line (checked here, not halfway through a run) and its
+    first word is ``expandsearch``."""
+    try:
+        words = shlex.split(command)
+    except ValueError as error:  # an unclosed quote
+        raise ValueError(f"condition {condition}: {where} does not split like a shell line ({error})") from None
+    if not words or words[0] != PROGRAM:
+        raise ValueError(f"condition {condition}: {where} must start with {PROGRAM!r}")
 
 
 # --- loading ---------------------------------------------------------------------------------------------------
@@ -313,6 +318,11 @@ class RunSettings:
     def log_dir(self, name: str) -> Path:
         return self.work / "logs" / name
 
+    def path(self, template: str, name: str) -> Path:
+        """A ``creates`` or ``results`` path of condition ``name``, filled in; a relative one is relative to the
+        work folder, where the commands run."""
+        return self.work / template.format_map(self.values(name))
+
 
 class CommandFailed(Exception):
     """A setup step or the condition's command exited non-zero or ran out of time."""
@@ -418,7 +428,7 @@ def run_condition(item: LoadedCondition, settings: RunSettings, log: Log = print
     try:
         started = time.perf_counter()
         for number, step in enumerate(condition.setup, start=1):
-            creates = [Path(path.format_map(values)) for path in step.creates]
+            creates = [settings.path(path, item.name) for path in step.creates]
             if creates and all(path.exists() for path in creates):
                 result.steps_reused += 1
                 continue
@@ -437,7 +447,7 @@ def run_condition(item: LoadedCondition, settings: RunSettings, log: Log = print
         where = "command" if result.steps_run + result.steps_reused == len(condition.setup) else "setup"
         result.error = f"{where} failed: {error}"
         return result
-    result.checks = check_results(item, Path(condition.results.format_map(values)))
+    result.checks = check_results(item, settings.path(condition.results, item.name))
     return result
 
 

@@ -94,6 +94,8 @@ def test_commands_are_split_like_a_shell_and_filled_word_by_word(tmp_path: Path)
         (lambda text: text.replace("command: expandsearch eval-retrieval --data \"", "command: python -c \"", 1),
          "command must start with 'expandsearch'"),
         (lambda text: text.replace("- expandsearch world", "- rm -rf {work}", 1), "setup step 1 must start with"),
+        (lambda text: text.replace('/a b/nq"', "/a b/nq", 1),
+         "condition second: command does not split like a shell line (No closing quotation)"),
         (lambda text: text.replace("name: second", "name: 'bad name'"), "conditions.1.name"),
         (lambda text: text.replace("value: 216", "value: lots"), "conditions.0.expected.results.world.n.value"),
         (lambda text: text.replace("      results.nq.answer_in_passages@3: 0.25\n", "      {}\n"), "expected"),
@@ -105,6 +107,13 @@ def test_schema_errors_name_the_file_and_the_field(tmp_path: Path, edit: Any, me
         load_regression_file(path)
     assert str(caught.value).startswith(f"{path}: ")
     assert message in str(caught.value)
+
+
+def test_relative_creates_and_results_paths_are_in_the_work_folder(tmp_path: Path) -> None:
+    settings = RunSettings(tmp_path / "work", Path("/data/shared"))
+    assert settings.path("data/world/test.jsonl", "c") == tmp_path / "work" / "data" / "world" / "test.jsonl"
+    assert settings.path("{out}/results.json", "c") == tmp_path / "work" / "runs" / "c" / "results.json"
+    assert settings.path("{shared}/nq", "c") == Path("/data/shared/nq")
 
 
 @pytest.mark.parametrize(
