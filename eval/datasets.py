@@ -9,15 +9,20 @@ their dev set), ``dev.jsonl`` is used and the note says so. ``NAME=PATH.jsonl`` 
     datasets = [load_dataset(spec, limit=100) for spec in specs]
 
 Example ids must be unique within a file: results are resumed by id.
+
+A distractor set's ``metadata["supporting_ids"]`` are ids in the ``corpus.jsonl`` that ``prepare qa`` wrote next to
+the questions; :func:`for_index_corpus` drops them when the index was built over another corpus (HotpotQA
+questions against wiki-18, say), where the same ids name unrelated passages, so recall falls back to titles.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from data_prep.benchmarks import CORPUS_FILE
 from data_prep.formats import QAExample, read_qa_jsonl
 
 SPLIT_FALLBACKS: dict[str, tuple[str, ...]] = {"test": ("dev",)}
@@ -80,13 +85,25 @@ def _resolve_one(item: str, data_dir: Path | None, split: str) -> DatasetSpec:
     return _split_file(name, data_dir / name, split)
 
 
-def _split_file(name: str, folder: Path, split: str) -> DatasetSpec:
-    candidates = (split, *SPLIT_FALLBACKS.get(split, ()))
-    for index, candidate in enumerate(candidates):
+def split_candidates(split: str) -> tuple[str, ...]:
+    """The split files looked for, in order: ``split`` itself, then its :data:`SPLIT_FALLBACKS`."""
+    return (split, *SPLIT_FALLBACKS.get(split, ()))
+
+
+def find_split_file(name: str, folder: Path, split: str) -> DatasetSpec | None:
+    """``folder/{split}.jsonl``, else the first fallback that exists (the note says which); None when none does."""
+    for index, candidate in enumerate(split_candidates(split)):
         path = folder / f"{candidate}.jsonl"
         if path.is_file():
-            note = f"no {split}.jsonl, using {candidate}.jsonl" if index else ""
-            return DatasetSpec(name, path.resolve(), note)
+            return DatasetSpec(name, path.resolve(), f"no {split}.jsonl, using {candidate}.jsonl" if index else "")
+    return None
+
+
+def _split_file(name: str, folder: Path, split: str) -> DatasetSpec:
+    found = find_split_file(name, folder, split)
+    if found is not None:
+        return found
+    candidates = split_candidates(split)
     tried = " nor ".join(str(folder / f"{candidate}.jsonl") for candidate in candidates)
     raise DatasetError(
         f"dataset {name}: neither {tried} exists" if len(candidates) > 1 else f"dataset {name}: no {tried}"
@@ -109,3 +126,25 @@ def _check_unique_ids(spec: DatasetSpec, examples: Sequence[QAExample]) -> None:
         if example.id in seen:
             raise DatasetError(f"dataset {spec.name}: example id {example.id!r} occurs twice in {spec.path}")
         seen.add(example.id)
+
+
+def for_index_corpus(dataset: EvalDataset, corpus_sha256: str | None) -> EvalDataset:
+    """``dataset`` as it can be scored against an index over the corpus with checksum ``corpus_sha256``.
+
+    When the questions' own context corpus (``corpus.jsonl`` beside their file) is known and differs from the
+    index's corpus, their ``supporting_ids`` would name unrelated passages there: they are dropped, so recall is
+    measured by ``supporting_titles``. Unknown either side (a retriever server, a file without a corpus beside
+    it), the ids are trusted and the dataset is returned as it is.
+    """
+    # imported here: retriever_server.index_dir loads every index module, which reading QA files never needs
+    from retriever_server.index_dir import file_sha256
+
+    corpus = dataset.spec.path.parent / CORPUS_FILE
+    if corpus_sha256 is None or not corpus.is_file() or file_sha256(corpus) == corpus_sha256:
+        return dataset
+    return replace(dataset, examples=tuple(_without_supporting_ids(example) for example in dataset.examples))
+
+
+def _without_supporting_ids(example: QAExample) -> QAExample:
+    metadata = {key: value for key, value in example.metadata.items() if key != "supporting_ids"}
+    return replace(example, metadata=metadata)

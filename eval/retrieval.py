@@ -36,15 +36,13 @@ from typing import Any
 
 from agent_env.reward import normalize_answer
 from data_prep.formats import QAExample
-from eval.datasets import SPLIT_FALLBACKS, DatasetError, DatasetSpec, EvalDataset
+from eval.datasets import DatasetError, DatasetSpec, EvalDataset, find_split_file, for_index_corpus, split_candidates
 from eval.metrics import answer_in_passages, supporting_recall
 from retriever_server.base import SearchHit
 
 DEFAULT_KS = (3, 10)
 QUERY_BATCH = 1024
 """Questions per retriever call: large enough to batch well, small enough to bound a dense index's memory."""
-CORPUS_FILE = "corpus.jsonl"
-"""The context corpus ``expandsearch prepare qa`` writes next to a distractor set's questions."""
 SPLIT_NAMES = ("train", "dev", "validation", "test")
 """File stems that name a split, not a dataset (``data/nq/test.jsonl`` is dataset ``nq``)."""
 RESULTS_JSON = "results.json"
@@ -183,12 +181,11 @@ def resolve_data(item: str, split: str = "test") -> DatasetSpec:
 
 
 def _split_file(name: str, folder: Path, split: str) -> DatasetSpec:
-    candidates = (split, *SPLIT_FALLBACKS.get(split, ()))
-    for position, candidate in enumerate(candidates):
-        path = folder / f"{candidate}.jsonl"
-        if path.is_file():
-            return DatasetSpec(name, path.resolve(), f"no {split}.jsonl, using {candidate}.jsonl" if position else "")
-    raise DatasetError(f"--data {folder}: no {' or '.join(f'{candidate}.jsonl' for candidate in candidates)} there")
+    found = find_split_file(name, folder, split)
+    if found is None:
+        tried = " or ".join(f"{candidate}.jsonl" for candidate in split_candidates(split))
+        raise DatasetError(f"--data {folder}: no {tried} there")
+    return found
 
 
 def check_unique_names(specs: Sequence[DatasetSpec]) -> None:
@@ -197,25 +194,6 @@ def check_unique_names(specs: Sequence[DatasetSpec]) -> None:
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise DatasetError(f"dataset name(s) {', '.join(twice)} given twice in --data; name them with NAME=PATH")
-
-
-def supporting_ids_usable(dataset: EvalDataset, corpus_sha256: str | None) -> bool:
-    """False when the questions' context corpus is known and differs from the corpus the index was built over.
-
-    ``supporting_ids`` are ids in ``corpus.jsonl`` next to the questions; against another corpus (wiki-18, say)
-    the same ids name unrelated passages, so titles are matched instead. Unknown either side: ids are trusted.
-    """
-    from retriever_server.index_dir import file_sha256
-
-    corpus = dataset.spec.path.parent / CORPUS_FILE
-    if corpus_sha256 is None or not corpus.is_file():
-        return True
-    return file_sha256(corpus) == corpus_sha256
-
-
-def _without_ids(example: QAExample) -> QAExample:
-    metadata = {key: value for key, value in example.metadata.items() if key != "supporting_ids"}
-    return QAExample(example.id, example.question, example.golden_answers, metadata)
 
 
 def _support_kind(examples: Sequence[QAExample]) -> str:
@@ -274,12 +252,12 @@ def search_questions(source: RetrievalSource, questions: Sequence[str], k: int) 
 
 
 def evaluate_dataset(source: RetrievalSource, dataset: EvalDataset, ks: Sequence[int]) -> DatasetRetrieval:
-    """Search every question of ``dataset`` once at the largest k and score each k on a prefix of its hits."""
-    examples = list(dataset.examples)
+    """Search every question of ``dataset`` once at the largest k and score each k on a prefix of its hits.
+
+    Supporting ids of another corpus than the index's are dropped first (:func:`eval.datasets.for_index_corpus`).
+    """
+    examples = list(for_index_corpus(dataset, source.corpus_sha256).examples)
     support = _support_kind(examples)
-    if support == "ids" and not supporting_ids_usable(dataset, source.corpus_sha256):
-        examples = [_without_ids(example) for example in examples]
-        support = _support_kind(examples)
     hits = search_questions(source, [example.question for example in examples], max(ks))
     rows = [question_row(example, example_hits, ks) for example, example_hits in zip(examples, hits, strict=True)]
     return DatasetRetrieval(dataset, rows, aggregate_rows(rows, ks), support)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.datasets import DatasetError, DatasetSpec, load_dataset, resolve_datasets
+from eval.datasets import DatasetError, DatasetSpec, for_index_corpus, load_dataset, resolve_datasets
 
 
 def write_qa(path: Path, ids: list[str]) -> Path:
@@ -67,3 +67,21 @@ def test_duplicate_ids_and_bad_files_are_dataset_errors(tmp_path: Path) -> None:
     bad.write_text('{"id": "1", "question": "q"}\n')
     with pytest.raises(DatasetError, match=r"dataset nq: .*bad\.jsonl:1: expected FlashRAG fields"):
         load_dataset(DatasetSpec("nq", bad))
+
+
+def test_supporting_ids_of_another_corpus_are_dropped_and_titles_kept(tmp_path: Path) -> None:
+    from retriever_server.index_dir import file_sha256
+
+    path = tmp_path / "hotpotqa" / "dev.jsonl"
+    path.parent.mkdir()
+    record = {"id": "1", "question": "q?", "golden_answers": ["a"]}
+    record["metadata"] = {"supporting_ids": ["0"], "supporting_titles": ["Alpha"], "type": "bridge"}
+    path.write_text(json.dumps(record) + "\n")
+    (path.parent / "corpus.jsonl").write_text(json.dumps({"id": "0", "contents": '"Alpha"\ntext'}) + "\n")
+    dataset = load_dataset(DatasetSpec("hotpotqa", path))
+    assert for_index_corpus(dataset, file_sha256(path.parent / "corpus.jsonl")) is dataset  # the same corpus
+    assert for_index_corpus(dataset, None) is dataset  # unknown (a server): ids trusted
+    (other,) = for_index_corpus(dataset, "0" * 64).examples
+    assert other.metadata == {"supporting_titles": ["Alpha"], "type": "bridge"}
+    (path.parent / "corpus.jsonl").unlink()
+    assert for_index_corpus(dataset, "0" * 64) is dataset  # no corpus beside the questions: ids trusted
