@@ -180,7 +180,10 @@ def _supporting_fact_pairs(value: Any, shape: ContextShape) -> list[list[Any]]:
         if not isinstance(value, dict) or not isinstance(value.get("title"), list):
             raise _FieldError("field 'supporting_facts' must be {title: [...], sent_id: [...]} (Hugging Face columns)")
         sent_ids = value.get("sent_id") or [None] * len(value["title"])
-        return [[str(title), sent_id] for title, sent_id in zip(value["title"], sent_ids, strict=False)]
+        if not isinstance(sent_ids, list) or len(sent_ids) != len(value["title"]):
+            # zipping unequal columns would silently drop supporting titles, and with them supporting_ids
+            raise _FieldError("supporting_facts.sent_id must be a list as long as supporting_facts.title")
+        return [[str(title), sent_id] for title, sent_id in zip(value["title"], sent_ids, strict=True)]
     pairs = [item for item in _as_list(value, "supporting_facts") if isinstance(item, list) and len(item) == 2]
     if len(pairs) != len(value):
         raise _FieldError("field 'supporting_facts' must hold [title, sentence_id] pairs")

@@ -107,14 +107,18 @@ def _read_json_list(path: Path, text: str) -> Iterator[SourceRecord]:
         yield SourceRecord(where, _as_object(record, where))
 
 
-def _read_parquet(path: Path) -> Iterator[SourceRecord]:
+def read_parquet_table(path: Path) -> Any:
+    """The ``pyarrow.Table`` of a parquet file; QAFormatError (one line) when it cannot be read."""
     import pyarrow.parquet as pq
 
     try:
-        rows = pq.read_table(path).to_pylist()
+        return pq.read_table(path)
     except Exception as error:  # pyarrow raises several unrelated types for unreadable files
         raise QAFormatError(f"{path}: cannot read parquet ({_one_line(error)})") from error
-    for index, row in enumerate(rows, start=1):
+
+
+def _read_parquet(path: Path) -> Iterator[SourceRecord]:
+    for index, row in enumerate(read_parquet_table(path).to_pylist(), start=1):
         yield SourceRecord(f"{path}: row {index}", row)
 
 

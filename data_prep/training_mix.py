@@ -21,6 +21,7 @@ from typing import Any
 
 from data_prep.benchmarks import sample_indices
 from data_prep.formats import VERL_COLUMNS, QAFormatError
+from data_prep.qa_sources import read_parquet_table
 
 
 def resolve_mix_input(source: str | Path, split: str = "train") -> Path:
@@ -56,12 +57,8 @@ def parse_sizes(text: str | None, inputs: int) -> list[int | None]:
 
 
 def _read_verl_table(path: Path) -> Any:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as error:  # pyarrow raises several unrelated types for unreadable files
-        raise QAFormatError(f"{path}: cannot read parquet ({type(error).__name__}: {error})") from error
+    """The table of a verl parquet file; QAFormatError when it is unreadable, lacks a verl column, or is empty."""
+    table = read_parquet_table(path)
     missing = [column for column in VERL_COLUMNS if column not in table.column_names]
     if missing:
         raise QAFormatError(

@@ -343,6 +343,16 @@ def test_missing_field_names_file_line_layout_and_field(shared_data: Path, tmp_p
         ("nq_open", {"question": "q"}, "missing field 'answer'"),
         ("hotpotqa", {"question": "q", "answer": "a", "context": {"title": []}, "supporting_facts": []}, "pairs"),
         ("hotpotqa_hf", {"question": "q", "answer": "a", "context": [], "supporting_facts": []}, "columns"),
+        (
+            "hotpotqa_hf",
+            {
+                "question": "q",
+                "answer": "a",
+                "context": {"title": ["t"], "sentences": [["s"]]},
+                "supporting_facts": {"title": ["t", "u"], "sent_id": [0]},
+            },
+            "sent_id must be a list as long as supporting_facts.title",
+        ),
         ("2wiki", {"question": "q", "answer": "a", "context": [["t", "not a list"]], "supporting_facts": []}, "pairs"),
     ],
 )

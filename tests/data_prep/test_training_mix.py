@@ -77,6 +77,11 @@ def test_mix_errors(splits: dict[str, Path], shared_data: Path, tmp_path: Path) 
     pd.DataFrame({"question": ["q"], "data_source": ["nq"]}).to_parquet(foreign)
     with pytest.raises(QAFormatError, match="missing column\\(s\\) prompt, ability, reward_model"):
         build_mix([foreign], tmp_path / "x.parquet")
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"not parquet at all")
+    with pytest.raises(QAFormatError, match=r"broken\.parquet: cannot read parquet \(") as caught:
+        build_mix([broken], tmp_path / "x.parquet")
+    assert "\n" not in str(caught.value)
     empty = tmp_path / "empty.parquet"
     write_verl_parquet([], empty, data_source="nq", split="train")
     with pytest.raises(QAFormatError, match="no rows"):
