@@ -110,9 +110,11 @@ def check_run_settings(out_dir: str | Path, settings: Mapping[str, Any]) -> dict
     """The settings to record for this run: ``settings`` merged with the directory's earlier datasets.
 
     Raises :class:`RunMismatchError` listing every difference when the directory holds another run's results,
-    or per-example files without a ``run.json``.
+    or per-example files without a ``run.json``, or when ``out_dir`` is a file.
     """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():  # said before the policy loads, not when run.json is first written
+        raise RunMismatchError(f"{out} is a file, not an output directory; use another --out")
     recorded = read_run_settings(out)
     if recorded is None:
         if out.is_dir() and any(out.glob("*/*.jsonl")):

@@ -88,6 +88,12 @@ def test_a_dataset_name_read_from_another_file_is_refused(tmp_path: Path) -> Non
         check_run_settings(tmp_path, settings(datasets={"nq": "/other/nq.jsonl"}))
 
 
+def test_an_output_directory_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "out").write_text("not a folder")
+    with pytest.raises(RunMismatchError, match=r"out is a file, not an output directory"):
+        check_run_settings(tmp_path / "out", settings())
+
+
 def test_result_files_without_run_json_are_refused(tmp_path: Path) -> None:
     (tmp_path / "nq").mkdir()
     (tmp_path / "nq" / "rag.jsonl").write_text('{"id": "a"}\n')
