@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from support import plain, raw_rows
 
 from agent_env import AGENT_LOOP_NAME
 from agent_env.protocol import build_messages
@@ -48,25 +49,9 @@ SHARED_QA = [
 ]
 
 
-def raw_rows(path: Path, count: int | None = None) -> list[dict[str, Any]]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines[:count] if line.strip()]
-
-
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     return path
-
-
-def plain(value: Any) -> Any:
-    """Parquet reads lists back as numpy arrays: turn them (recursively) into lists for comparison."""
-    if hasattr(value, "tolist") and not isinstance(value, str):
-        value = value.tolist()
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(item) for item in value]
-    return value
 
 
 def hotpot_original(row: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support import raw_rows
 
 from data_prep.formats import QAFormatError
 from data_prep.qa_sources import read_source
@@ -28,11 +29,6 @@ QA_FILES = [
     "2wikimultihopqa/2wiki_dev_with_context80.jsonl",
     "musique/musique_ans_dev100.jsonl",
 ]
-
-
-def raw_rows(path: Path, count: int | None = None) -> list[dict[str, Any]]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines[:count] if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +176,8 @@ def test_unreadable_parquet(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("missing", ["absent.jsonl", "./data", "/nowhere/at/all"])
-def test_missing_local_path_is_not_a_hub_name(tmp_path: Path, missing: str) -> None:
+def test_missing_local_path_is_not_a_hub_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
+    monkeypatch.chdir(tmp_path)  # "./data" must be missing whatever folder the tests run from
     source = str(tmp_path / missing) if missing.endswith(".jsonl") else missing
     with pytest.raises(FileNotFoundError, match="input not found"):
         read_source(source)

@@ -10,11 +10,10 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
-from support import run_expandsearch
+from support import plain, run_expandsearch
 
 from agent_env import AGENT_LOOP_NAME
 from agent_env.protocol import build_messages
@@ -53,16 +52,6 @@ def assert_user_error(result: subprocess.CompletedProcess[str], *fragments: str)
     for fragment in fragments:
         assert fragment in lines[0]
     return lines[0]
-
-
-def plain(value: Any) -> Any:
-    if hasattr(value, "tolist") and not isinstance(value, str):
-        value = value.tolist()
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(item) for item in value]
-    return value
 
 
 # --- help -----------------------------------------------------------------------------------------------------------

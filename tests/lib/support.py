@@ -2,11 +2,12 @@
 
 Fixtures live in ``conftest.py`` files; this module holds the plain functions and classes that tests import:
 running the installed ``expandsearch`` console script, finding a free port, waiting for a served ``/health``,
-and a BM25 index that counts its batch calls.
+a BM25 index that counts its batch calls, and reading JSON lines and parquet values back for comparison.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -87,3 +88,20 @@ def comparable_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         for key, value in metrics.items()
         if not key.startswith(VOLATILE_METRICS) and not key.endswith("latency_s")
     }
+
+
+def raw_rows(path: Path, count: int | None = None) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file as they are (its first ``count`` lines; all for None), blank lines skipped."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines[:count] if line.strip()]
+
+
+def plain(value: Any) -> Any:
+    """Parquet reads lists back as numpy arrays: turn them (recursively) into lists for comparison."""
+    if hasattr(value, "tolist") and not isinstance(value, str):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    return value
