@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
+from support import plain
 
 from agent_env import AGENT_LOOP_NAME
 from agent_env.protocol import build_messages
@@ -25,17 +25,6 @@ VERL_COLUMNS = ["data_source", "prompt", "ability", "reward_model", "extra_info"
 def write_lines(path: Path, lines: list[str]) -> Path:
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
-
-
-def plain(value: Any) -> Any:
-    """Parquet reads lists back as numpy arrays: turn them (recursively) into lists for comparison."""
-    if hasattr(value, "tolist") and not isinstance(value, str):
-        value = value.tolist()
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(item) for item in value]
-    return value
 
 
 # --- FlashRAG jsonl ---------------------------------------------------------------------------------------------
