@@ -16,6 +16,7 @@ concurrent episodes (several samples of one question included) can share one eng
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,10 +46,14 @@ class ExpertResponder:
         *,
         max_variants: int = 3,
         max_turns: int | None = None,
+        variant_mix: Sequence[int] = (),
     ) -> None:
         self.reader = FactReader(lexicon)
         self.max_variants = max_variants
         self.max_turns = max_turns
+        self.variant_mix = tuple(variant_mix)
+        if any(not 1 <= variants <= max_variants for variants in self.variant_mix):
+            raise ValueError(f"variant_mix {self.variant_mix} must lie within 1..{max_variants}")
         # Two examples with the same text ask the same thing (same people, same relation), so either will do.
         self._by_question = {_normalize(example.question): example for example in reversed(examples)}
 
@@ -66,11 +71,19 @@ class ExpertResponder:
 
     def _replay(self, example: QAExample, observations: list[str]) -> ExpertEpisode:
         """The expert's state after the earlier turns: each searched (never a last turn) and read its result."""
-        episode = ExpertEpisode(example, self.reader, self.max_variants)
+        episode = ExpertEpisode(example, self.reader, self.variants_for(example))
         for observation in observations:
             episode.next_turn(last_turn=False)  # advances which query wordings have been tried
             episode.observe(render_as_read(observation))
         return episode
+
+
+    def variants_for(self, example: QAExample) -> int:
+        """How many variants the expert writes per search on ``example``: ``max_variants``, or with a
+        ``variant_mix`` one of its values, fixed per question (a hash of its id, so replays and reruns agree)."""
+        if not self.variant_mix:
+            return self.max_variants
+        return self.variant_mix[zlib.crc32(example.id.encode()) % len(self.variant_mix)]
 
 
 def render_as_read(body: str) -> str:
@@ -105,11 +118,15 @@ def expert_policy(
     max_variants: int = 3,
     max_turns: int | None = None,
     max_context_tokens: int | None = None,
+    variant_mix: Sequence[int] = (),
 ) -> ScriptedPolicy:
     """An engine whose turns are the scripted expert's, for episodes on any of ``examples``.
 
     ``max_turns`` (the episode's) makes the expert answer on the last turn even when the environment sends no
-    final-turn notice; with the notice (the default) it is not needed.
+    final-turn notice; with the notice (the default) it is not needed. ``variant_mix`` (e.g. ``(1, 2, 3)``) makes
+    the expert search some questions with fewer variants (see :meth:`ExpertResponder.variants_for`).
     """
-    respond = ExpertResponder(examples, lexicon, max_variants=max_variants, max_turns=max_turns)
+    respond = ExpertResponder(
+        examples, lexicon, max_variants=max_variants, max_turns=max_turns, variant_mix=variant_mix
+    )
     return ScriptedPolicy(tokenizer, respond, max_context_tokens=max_context_tokens)

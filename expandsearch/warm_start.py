@@ -300,8 +300,8 @@ class PretrainConfig:
     batch_size: int = 16
     """Sequences per step."""
     passages: int = 6
-    """Passages per sequence: the top hits of one search for an entity's name, rendered as an observation."""
-    sequences: int = 2000
+    """Passages per sequence, rendered as an observation: two thirds about people of one family name."""
+    sequences: int = 8000
     """Distinct sequences (each is renamed afresh every time it is used)."""
     lr: float = 5e-3
     """Peak learning rate."""
@@ -324,24 +324,33 @@ class PretrainConfig:
             batch_size=self.batch_size,
             lr=self.lr,
             warmup_steps=self.warmup_steps,
+            min_lr_ratio=1.0,  # constant after the warm-up: cloning starts its own schedule afterwards
             seed=seed,
             log_every=100,
         )
 
 
 def search_result_sequences(
-    index: BM25Index, lexicon: WorldLexicon, tokenizer: Any, config: PretrainConfig, seed: int
+    passages: Sequence[Passage], tokenizer: Any, config: PretrainConfig, seed: int
 ) -> list[Example]:
-    """``(input_ids, labels)`` pairs, labels on every token: the top hits of searches for random entity names,
-    rendered exactly as the environment renders an observation's passages."""
+    """``(input_ids, labels)`` pairs, labels on every token: passages rendered exactly as an observation renders
+    them, most of each sequence about people who share a family name (what a search for a name returns), so that
+    telling "Karnin Bostes" from "Gelpis Bostes" — copying the right name, not just a name — lowers the loss."""
     from agent_env.protocol import render_passages
 
     rng = random.Random(seed)
-    names = sorted({name for entity in lexicon.entities.values() for name in entity.all_names})
-    queries = [rng.choice(names) for _ in range(config.sequences)]
+    by_name_word: dict[str, list[Passage]] = {}
+    for passage in passages:
+        for word in set(passage.text.split()) | set(passage.title.split()):
+            by_name_word.setdefault(word, []).append(passage)
+    related, others = config.passages - config.passages // 3, config.passages // 3
     examples: list[Example] = []
-    for hits in index.batch_search(queries, k=config.passages):
-        ids = tokenizer(render_passages(hits))["input_ids"]
+    for _ in range(config.sequences):
+        anchor = rng.choice(passages)
+        family = by_name_word.get(anchor.title.split()[-1], [anchor]) if anchor.title else [anchor]
+        chunk = rng.sample(family, min(related, len(family))) + rng.sample(list(passages), others)
+        rng.shuffle(chunk)
+        ids = tokenizer(render_passages(chunk))["input_ids"]
         examples.append((ids, list(ids)))
     return examples
 
@@ -349,7 +358,7 @@ def search_result_sequences(
 def pretrain_on_search_results(
     model: Any,
     tokenizer: Any,
-    index: BM25Index,
+    passages: Sequence[Passage],
     lexicon: WorldLexicon,
     config: PretrainConfig,
     *,
@@ -358,7 +367,7 @@ def pretrain_on_search_results(
 ) -> dict[str, Any]:
     """Train ``model`` in place on :func:`search_result_sequences` with :class:`NameShuffle` (see
     :class:`PretrainConfig`); returns metrics under ``pretrain/…``."""
-    sequences = search_result_sequences(index, lexicon, tokenizer, config, seed)
+    sequences = search_result_sequences(passages, tokenizer, config, seed)
     rename = NameShuffle.from_lexicon(tokenizer, lexicon)
     return fit_examples(model, tokenizer, sequences, config.loop(seed), rename, log, prefix="pretrain")
 
@@ -421,6 +430,9 @@ class WarmStartConfig:
     :class:`NameShuffle`); 0 clones the episodes as played."""
     only_correct: bool = True
     """Clone only the expert episodes that earned the reward (filtered behaviour cloning)."""
+    variant_mix: tuple[int, ...] = ()
+    """Variants per search of the demonstrations, one value per question drawn from these (``(1, 2, 3)``: a third
+    each); empty: always ``episode.max_variants``. A mix leaves RL a choice to make: how many variants pay off."""
     transcripts_for_tokenizer: int = 300
     """Expert transcripts (``run_expert``) added to the tokenizer's training texts."""
     eval_questions: int = 48
@@ -476,7 +488,13 @@ def build_world_policy(
     pretrain_metrics: dict[str, Any] = {}
     if config.pretrain.steps:
         pretrain_metrics = pretrain_on_search_results(
-            model, tokenizer, index, world.lexicon, config.pretrain, seed=config.bc.seed, log=_log_to(log, "pretrain")
+            model,
+            tokenizer,
+            world.passages,
+            world.lexicon,
+            config.pretrain,
+            seed=config.bc.seed,
+            log=_log_to(log, "pretrain"),
         )
     augment = NameShuffle.from_lexicon(tokenizer, world.lexicon, config.name_shuffle) if config.name_shuffle else None
     bc_metrics = behaviour_cloning(model, tokenizer, trajectories, config.bc, augment=augment, log=_log_to(log, "bc"))
@@ -523,7 +541,9 @@ def _expert_trajectories(
     """The expert's episodes on ``demos`` through the real environment (kept: the rewarded ones, if asked)."""
     from data_prep.expert_policy import expert_policy
 
-    engine = expert_policy(tokenizer, demos, world.lexicon, max_variants=config.episode.max_variants)
+    engine = expert_policy(
+        tokenizer, demos, world.lexicon, max_variants=config.episode.max_variants, variant_mix=config.variant_mix
+    )
     trajectories = _play(engine, tokenizer, index, demos, config)
     metrics = {key.replace("rollout/", "expert/"): value for key, value in summarize_rollouts(trajectories).items()}
     kept = [trajectory for trajectory in trajectories if trajectory.reward > 0 or not config.only_correct]

@@ -48,6 +48,9 @@ class WarmStartSection:
     """Training questions the expert plays (capped by the train split)."""
     name_shuffle: float = 1.0
     """Probability of consistently renaming a demonstration's entities (teaches copying over memorising)."""
+    variant_mix: tuple[int, ...] = (1, 2, 3)
+    """Variants per search of the demonstrations, one of these per question (empty: ``max_variants`` always). A
+    mix of one-, two- and three-variant searchers leaves RL a choice to learn; it must stay within max_variants."""
     hidden_size: int = 64
     """Width of the tiny Qwen2 policy."""
     intermediate_size: int = 256
@@ -230,6 +233,12 @@ class TrainConfig:
         for name in ("steps", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        most = self.rollout.episode.max_variants
+        if any(not 1 <= variants <= most for variants in self.warm_start.variant_mix):
+            raise ValueError(
+                f"warm_start.variant_mix {list(self.warm_start.variant_mix)} must lie within 1..{most} "
+                "(rollout.episode.max_variants); use [] for always the maximum"
+            )
         episodes = self.rollout.questions_per_step * self.rollout.group_size
         if episodes % self.algorithm.mini_batch_size:
             raise ValueError(

@@ -205,6 +205,7 @@ def warm_start_config(config: TrainConfig) -> Any:
         vocab_size=section.vocab_size,
         demonstrations=section.demonstrations,
         name_shuffle=section.name_shuffle,
+        variant_mix=section.variant_mix,
         eval_questions=section.eval_questions,
         squeezer=config.rollout.squeezer,
         episode=replace(config.rollout.episode, temperature=0.0),

@@ -1,8 +1,10 @@
 """A small warm-started policy on the tiny world, shared by the trainer tests (built once per session).
 
 Real pieces only: the tiny synthetic world, its BM25 index, a tokenizer trained on its text, a 2-layer Qwen2
-behaviour-cloned on the scripted expert's episodes for a few hundred steps (valid multi-variant searches, some
-correct answers), so that RL steps see rewards that differ within a group.
+pretrained on the world's search results and behaviour-cloned on the scripted expert's episodes (the main job's
+warm start at half its budget: valid multi-variant searches that copy the question's names, and a few correct
+answers), so that RL steps see rewards that differ within a group and the learning test has something to sharpen.
+About 5 minutes on one core; the trainer and CLI tests share it.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from agent_env.tiny_model import TinyQwen2Config
 from data_prep.synthetic import World, write_world
 from expandsearch.config import config_from_dict
 from expandsearch.rl.config import TrainConfig
-from expandsearch.warm_start import BCConfig, WarmStartConfig, build_world_policy
+from expandsearch.warm_start import BCConfig, PretrainConfig, WarmStartConfig, build_world_policy
 
 SMALL_POLICY = TinyQwen2Config(
-    hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
 )
+"""The main job's default policy size."""
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -46,10 +49,10 @@ def world_dir(tiny_world: World, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def warm_policy_dir(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("rl_warm_start")
     config = WarmStartConfig(
-        bc=BCConfig(steps=200, log_every=10_000),
+        pretrain=PretrainConfig(steps=600),
+        bc=BCConfig(steps=1000, log_every=10_000),
         model=SMALL_POLICY,
         vocab_size=2048,
-        demonstrations=400,
         transcripts_for_tokenizer=100,
         eval_questions=0,
     )
