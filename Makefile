@@ -31,7 +31,7 @@ demo: venv
 	$(VENV)/bin/expandsearch train run_dir=$(DEMO_DIR)
 
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=10
 
 lint: venv
 	$(VENV)/bin/ruff check .

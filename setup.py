@@ -37,8 +37,18 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    # trl: the step-time baseline of benchmarks/trl_step_time.py
-    "dev": ["pytest", "pytest-asyncio", "hypothesis", "schemathesis", "ruff", "mypy", "types-PyYAML", "trl"],
+    # trl: the step-time baseline of benchmarks/trl_step_time.py; pytest-xdist: `make test` runs on two workers
+    "dev": [
+        "pytest",
+        "pytest-asyncio",
+        "pytest-xdist",
+        "hypothesis",
+        "schemathesis",
+        "ruff",
+        "mypy",
+        "types-PyYAML",
+        "trl",
+    ],
     # what this machine cannot run: CUDA FAISS and vLLM (install on a GPU box)
     "gpu": ["faiss-gpu-cu12", "vllm"],
 }

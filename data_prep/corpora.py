@@ -19,28 +19,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from retriever_server import corpus as corpus_io
-from retriever_server.corpus import CorpusFormatError, Passage, passage_from_record, write_wiki18_jsonl
-
-
-def _iter_records(path: Path) -> Iterator[Passage]:
-    # retriever_server.corpus reads by suffix; these thin wrappers let a forced --format read any file name.
-    for index, (line_number, record) in enumerate(corpus_io._iter_jsonl(path)):
-        try:
-            yield passage_from_record(record, str(index))
-        except CorpusFormatError as error:
-            raise CorpusFormatError(f"{path}:{line_number}: {error}") from error
+from retriever_server.corpus import CorpusFormatError, Passage, write_wiki18_jsonl
 
 
 def _iter_title_text(path: Path) -> Iterator[Passage]:
+    # a {title, text} list as one JSON document or as JSON lines, whatever the file's suffix
     if _first_char(path) == "[":
-        yield from corpus_io._iter_json_list(path)
+        yield from corpus_io.iter_json_list_passages(path)
     else:
-        yield from _iter_records(path)
+        yield from corpus_io.iter_jsonl_passages(path)
 
 
+# retriever_server.corpus reads by suffix; these readers let a forced --format read any file name.
 CORPUS_FORMATS: dict[str, Callable[[Path], Iterator[Passage]]] = {
-    "wiki18": _iter_records,
-    "dpr_tsv": corpus_io._iter_dpr_tsv,
+    "wiki18": corpus_io.iter_jsonl_passages,
+    "dpr_tsv": corpus_io.iter_dpr_tsv_passages,
     "title_text": _iter_title_text,
 }
 

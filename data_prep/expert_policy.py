@@ -77,7 +77,6 @@ class ExpertResponder:
             episode.observe(render_as_read(observation))
         return episode
 
-
     def variants_for(self, example: QAExample) -> int:
         """How many variants the expert writes per search on ``example``: ``max_variants``, or with a
         ``variant_mix`` one of its values, fixed per question (a hash of its id, so replays and reruns agree)."""

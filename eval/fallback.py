@@ -28,7 +28,8 @@ FALLBACK_MAX_WORDS = 20
 gold answer by sheer length (EM and F1 punish length on their own; cover-EM does not)."""
 
 # Whole blocks whose content is not an answer: reasoning, queries, and observations the policy made up itself.
-_NON_ANSWER_BLOCK_RE = re.compile(r"<(think|search|information)>.*?</\1>", re.DOTALL)
+# An unclosed one runs to the end of the turn (generation stopped inside it: what follows is still reasoning).
+_NON_ANSWER_BLOCK_RE = re.compile(r"<(think|search|information)>.*?(?:</\1>|\Z)", re.DOTALL | re.IGNORECASE)
 # Tags left over (an unclosed <answer> keeps its text: "<answer> Beijing" is still the policy's answer).
 _TAG_RE = re.compile(r"</?(?:think|search|answer|information)>", re.IGNORECASE)
 # A line that only echoes the prompt's "Question: …" label is not an answer; small models start turns with it.
@@ -54,7 +55,8 @@ def last_turn_answer(policy_turns: Sequence[str]) -> str | None:
 def clean_turn(text: str) -> str | None:
     """One turn's text as a short prediction, or None when nothing is left.
 
-    Steps: drop whole ``<think>``, ``<search>`` and ``<information>`` blocks, then any other protocol tag; take
+    Steps: drop whole ``<think>``, ``<search>`` and ``<information>`` blocks (an unclosed one to the end of the
+    text; tags in any case), then any other protocol tag; take
     the first line that is neither empty nor a ``Question:`` echo, without a leading answer label (``Answer:``,
     ``The answer is``; a line that is only a label gives way to the next); keep its first sentence (initials and
     titles do not end one), at most :data:`FALLBACK_MAX_WORDS` words.

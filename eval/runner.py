@@ -28,7 +28,7 @@ from agent_env.assembly import EnvSetupError, EnvSpec
 from agent_env.episode import AgentEnv
 from agent_env.rollout import EpisodeInput, RolloutRunner
 from data_prep.formats import QAExample
-from eval.datasets import EvalDataset
+from eval.datasets import EvalDataset, for_index_corpus
 from eval.fallback import ANSWER_FALLBACKS
 from eval.methods import METHODS, Method
 from eval.metrics import aggregate
@@ -177,8 +177,16 @@ def run_settings(spec: EnvSpec, datasets: Sequence[EvalDataset], answer_fallback
         "squeezer": spec.squeezer,
         "episode": episode,
         "answer_fallback": answer_fallback,  # the rows hold fallback-scored metrics or not
-        "datasets": {dataset.name: str(dataset.spec.path) for dataset in datasets},
+        # the file's checksum too: a file re-prepared in place (other questions, same path) is another dataset
+        "datasets": {dataset.name: dataset_identity(dataset) for dataset in datasets},
     }
+
+
+def dataset_identity(dataset: EvalDataset) -> dict[str, str]:
+    """The dataset's file and its sha256."""
+    from retriever_server.index_dir import file_sha256
+
+    return {"file": str(dataset.spec.path), "sha256": file_sha256(dataset.spec.path)}
 
 
 def model_identity(model: str) -> dict[str, str]:
@@ -257,6 +265,9 @@ def run_evaluation(
     """
     check_answer_fallback(answer_fallback)
     settings = check_run_settings(out_dir, run_settings(spec, datasets, answer_fallback))
+    # supporting ids name passages of the questions' own corpus: scored only against an index over that corpus
+    corpus_sha256 = settings["retriever"].get("corpus_sha256")
+    datasets = [for_index_corpus(dataset, corpus_sha256) for dataset in datasets]
     started = time.perf_counter()
     play = _Play(concurrency, answer_fallback, log)
     per_method = asyncio.run(_evaluate_with_env(spec, settings, datasets, methods, Path(out_dir), play))

@@ -135,7 +135,7 @@ def settings_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]
     differences = []
     for key in sorted(old.keys() | new.keys()):
         top, _, rest = key.partition(".")
-        if top == DATASETS_KEY and rest not in shared_datasets:
+        if top == DATASETS_KEY and rest.partition(".")[0] not in shared_datasets:  # datasets.<name>[.field]
             continue
         if old.get(key) != new.get(key):
             differences.append(f"{key}: was {old.get(key)!r}, now {new.get(key)!r}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,8 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise CorpusFormatError(f"{path}:{line_number}: not valid JSON ({error.msg})") from error
 
 
-def _iter_json_list(path: Path) -> Iterator[Passage]:
+def iter_json_list_passages(path: Path) -> Iterator[Passage]:
+    """The passages of a JSON list of ``{title, text}`` (or ``contents``) objects."""
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
@@ -96,7 +97,8 @@ def _iter_json_list(path: Path) -> Iterator[Passage]:
 DPR_COLUMNS = ("id", "text", "title")
 
 
-def _iter_dpr_tsv(path: Path) -> Iterator[Passage]:
+def iter_dpr_tsv_passages(path: Path) -> Iterator[Passage]:
+    """The passages of a DPR ``psgs_w100.tsv`` (header ``id<TAB>text<TAB>title``)."""
     # DPR quotes texts that hold tabs or quotes (csv "excel-tab" dialect); a few passages exceed csv's default
     # 128 KiB field limit, so lift it for this reader.
     csv.field_size_limit(sys.maxsize)
@@ -114,20 +116,28 @@ def _iter_dpr_tsv(path: Path) -> Iterator[Passage]:
             yield Passage(passage_id, " ".join(title.split()), text.strip())
 
 
-def iter_passages(path: str | Path) -> Iterator[Passage]:
-    """Yield the passages of a corpus file (``.jsonl`` one record per line, ``.json`` a list, ``.tsv`` DPR)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"corpus file not found: {path}")
-    readers = {".json": _iter_json_list, ".tsv": _iter_dpr_tsv}
-    if path.suffix in readers:
-        yield from readers[path.suffix](path)
-        return
+def iter_jsonl_passages(path: Path) -> Iterator[Passage]:
+    """The passages of a JSON-lines corpus (wiki-18 ``{id, contents}`` or ``{id, title, text}`` records)."""
     for index, (line_number, record) in enumerate(_iter_jsonl(path)):
         try:
             yield passage_from_record(record, str(index))
         except CorpusFormatError as error:
             raise CorpusFormatError(f"{path}:{line_number}: {error}") from error
+
+
+READERS_BY_SUFFIX: dict[str, Callable[[Path], Iterator[Passage]]] = {
+    ".json": iter_json_list_passages,
+    ".tsv": iter_dpr_tsv_passages,
+}
+"""How :func:`iter_passages` reads a file by its suffix; any other suffix is JSON lines."""
+
+
+def iter_passages(path: str | Path) -> Iterator[Passage]:
+    """Yield the passages of a corpus file (``.jsonl`` one record per line, ``.json`` a list, ``.tsv`` DPR)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file not found: {path}")
+    yield from READERS_BY_SUFFIX.get(path.suffix, iter_jsonl_passages)(path)
 
 
 def load_passages(path: str | Path) -> list[Passage]:

@@ -21,7 +21,12 @@ def test_protocol_blocks_are_dropped_and_an_unclosed_answer_keeps_its_text() -> 
     assert clean_turn("<search> capital of france </search>") is None  # a query is not an answer
     assert clean_turn("<information>Doc 1 Rome</information>\nParis") == "Paris"
     assert clean_turn("<answer> Beijing\n<answer> Beijing\n<answer> Be") == "Beijing"
-    assert clean_turn("<think> cut off before it ended") == "cut off before it ended"
+
+
+def test_an_unclosed_reasoning_block_is_not_an_answer_and_tags_match_in_any_case() -> None:
+    assert clean_turn("<think> I need to find the city where Zontun was born") is None
+    assert clean_turn("Beijing <think> or was it Shanghai") == "Beijing"
+    assert clean_turn("<THINK>Zontun lived there.</Think> Beijing") == "Beijing"
 
 
 def test_question_echoes_and_answer_labels_are_not_the_answer() -> None:

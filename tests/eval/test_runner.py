@@ -8,6 +8,7 @@ passages and real answers, and its numbers can be checked against what the exper
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -177,14 +178,16 @@ def test_run_settings_name_model_index_squeezer_episode_and_files(tiny_policy_di
     write_wiki18_jsonl([Passage("1", "Xol", "Xol was founded by Kalmar.")], tmp_path / "corpus.jsonl")
     build_index(tmp_path / "corpus.jsonl", "bm25", tmp_path / "index", progress=False)
     spec = EnvSpec(model=str(tiny_policy_dir), index_dir=str(tmp_path / "index"), squeezer="none")
-    settings = run_settings(spec, [EvalDataset(DatasetSpec("nq", Path("/data/nq.jsonl")), ())])
+    (tmp_path / "nq.jsonl").write_text('{"id": "nq-1"}\n')
+    settings = run_settings(spec, [EvalDataset(DatasetSpec("nq", tmp_path / "nq.jsonl"), ())])
     assert settings["model"]["path"] == str(tiny_policy_dir.resolve())
     assert settings["retriever"]["kind"] == "bm25"
     assert settings["retriever"]["passages"] == 1
     assert settings["squeezer"] == "none"
     assert "template" not in settings["episode"]
     assert settings["episode"]["topk"] == 3
-    assert settings["datasets"] == {"nq": "/data/nq.jsonl"}
+    nq_sha256 = hashlib.sha256(b'{"id": "nq-1"}\n').hexdigest()
+    assert settings["datasets"] == {"nq": {"file": str(tmp_path / "nq.jsonl"), "sha256": nq_sha256}}
     url_spec = EnvSpec(model=str(tiny_policy_dir), retriever_url="http://127.0.0.1:9")
     assert retriever_identity(url_spec) == {"url": "http://127.0.0.1:9"}
 

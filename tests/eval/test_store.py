@@ -88,6 +88,15 @@ def test_a_dataset_name_read_from_another_file_is_refused(tmp_path: Path) -> Non
         check_run_settings(tmp_path, settings(datasets={"nq": "/other/nq.jsonl"}))
 
 
+def test_a_dataset_file_prepared_again_in_place_is_refused(tmp_path: Path) -> None:
+    recorded = settings(datasets={"nq": {"file": "/data/nq.jsonl", "sha256": "aaa"}})
+    write_run_settings(tmp_path, recorded)
+    with pytest.raises(RunMismatchError, match=r"datasets\.nq\.sha256: was 'aaa', now 'bbb'"):
+        check_run_settings(tmp_path, settings(datasets={"nq": {"file": "/data/nq.jsonl", "sha256": "bbb"}}))
+    other = settings(datasets={"hotpotqa": {"file": "/data/hotpotqa.jsonl", "sha256": "ccc"}})
+    assert set(check_run_settings(tmp_path, other)["datasets"]) == {"nq", "hotpotqa"}
+
+
 def test_an_output_directory_that_is_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "out").write_text("not a folder")
     with pytest.raises(RunMismatchError, match=r"out is a file, not an output directory"):

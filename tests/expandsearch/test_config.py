@@ -95,6 +95,14 @@ def test_defaults_without_file_or_overrides() -> None:
     assert load_config(TrainConfig) == TrainConfig()
 
 
+def test_the_default_config_file_holds_the_dataclass_defaults() -> None:
+    # `expandsearch train` reads train_configs/tiny_cpu.yaml; code that builds TrainConfig() must get the same job
+    from expandsearch.rl.config import TrainConfig as RLTrainConfig
+
+    default_file = Path(__file__).parents[2] / "train_configs" / "tiny_cpu.yaml"
+    assert load_config(RLTrainConfig, default_file) == RLTrainConfig()
+
+
 def test_partial_file_keeps_other_defaults_of_a_section(tmp_path: Path) -> None:
     path = write(tmp_path, "seed: 7\nrl:\n  lr: 3.0e-5\n  betas: [0.8, 0.9]\n")
     config = load_config(TrainConfig, path)

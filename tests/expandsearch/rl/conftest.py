@@ -1,10 +1,10 @@
-"""A small warm-started policy on the tiny world, shared by the trainer tests (built once per session).
+"""The main job's warm-started policy on the tiny world, shared by the trainer tests (built once per session).
 
-Real pieces only: the tiny synthetic world, its BM25 index, a tokenizer trained on its text, a 2-layer Qwen2
-pretrained on the world's search results and behaviour-cloned on the scripted expert's episodes (the main job's
-warm start at half its budget: valid multi-variant searches that copy the question's names, and a few correct
-answers), so that RL steps see rewards that differ within a group and the learning test has something to sharpen.
-About 5 minutes on one core; the trainer and CLI tests share it.
+Real pieces only: the tiny synthetic world, its BM25 index, a tokenizer trained on its text, the default 2-layer
+Qwen2 pretrained on the world's search results and behaviour-cloned on the scripted expert's episodes: exactly
+``expandsearch train``'s warm start (train_configs/tiny_cpu.yaml), so the learning test starts where the demo's RL
+starts. About 8 minutes on one core; under ``pytest -n 2`` (``make test``) every test that uses it runs on one
+worker (one xdist group), so it is built once while the other worker runs the rest of the suite.
 """
 
 from __future__ import annotations
@@ -15,16 +15,20 @@ from typing import Any
 
 import pytest
 
-from agent_env.tiny_model import TinyQwen2Config
 from data_prep.synthetic import World, write_world
 from expandsearch.config import config_from_dict
 from expandsearch.rl.config import TrainConfig
-from expandsearch.warm_start import BCConfig, PretrainConfig, WarmStartConfig, build_world_policy
+from expandsearch.rl.main_job import warm_start_config
+from expandsearch.warm_start import build_world_policy
 
-SMALL_POLICY = TinyQwen2Config(
-    hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
-)
-"""The main job's default policy size."""
+WARM_START_GROUP = "rl_warm_start"
+"""The xdist group of every test that uses :func:`warm_policy_dir`."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "warm_policy_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(WARM_START_GROUP))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,15 +52,7 @@ def world_dir(tiny_world: World, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.fixture(scope="session")
 def warm_policy_dir(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("rl_warm_start")
-    config = WarmStartConfig(
-        pretrain=PretrainConfig(steps=600),
-        bc=BCConfig(steps=1000, log_every=10_000),
-        model=SMALL_POLICY,
-        vocab_size=2048,
-        transcripts_for_tokenizer=100,
-        eval_questions=0,
-    )
-    build_world_policy(world_dir, out, config, log=lambda line: None)
+    build_world_policy(world_dir, out, warm_start_config(TrainConfig()), log=lambda line: None)
     return out
 
 
