@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,33 @@ from retriever_server.corpus import Passage, load_passages
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
 """Real QA samples and corpora (see its README.md); CI clones the repository with ``shared/`` beside it."""
+
+WARM_START_MODULES = tuple(
+    f"tests/expandsearch/rl/{name}.py" for name in ("test_trainer", "test_train_cli", "test_learning")
+)
+"""The modules that use the ``warm_policy_dir`` fixture (tests/expandsearch/rl/conftest.py: minutes to build)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # the warm-start modules first: under `make test` their worker starts on the long fixture at once
+    items.sort(key=lambda item: not item.nodeid.startswith(WARM_START_MODULES))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup``: the warm-start modules as one unit on one worker, every other test balanced alone.
+
+    xdist's own loadgroup reads ``xdist_group`` marks into node ids, which pytest 9's structured node ids ignore,
+    so the grouping is made here, by module, through xdist's scheduler hook.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WarmStartScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return WARM_START_MODULES[0] if nodeid.startswith(WARM_START_MODULES) else nodeid
+
+    return WarmStartScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

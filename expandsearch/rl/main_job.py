@@ -265,9 +265,12 @@ def train(trainer: Trainer, run_dir: Path, *, resume: bool, log: Callable[[str],
         wandb_project=logging.wandb_project,
         run_name=run_dir.name,
         config=config_to_dict(config),
-        resume_step=trainer.step,
+        # without a checkpoint RL starts over at step 0, whose warm-start evaluation is logged again: drop every row
+        resume_step=trainer.step if checkpoint is not None else -1,
     )
     with tracker, tqdm(total=config.steps, initial=trainer.step, disable=not logging.progress, desc="RL") as bar:
+        if config.eval.every and checkpoint is None:
+            tracker.log(0, _eval_during_training(trainer))  # the warm start: where the EM curve starts
         while trainer.step < config.steps:
             metrics = trainer.train_step()
             if config.eval.every and trainer.step % config.eval.every == 0:

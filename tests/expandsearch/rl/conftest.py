@@ -4,7 +4,7 @@ Real pieces only: the tiny synthetic world, its BM25 index, a tokenizer trained 
 Qwen2 pretrained on the world's search results and behaviour-cloned on the scripted expert's episodes: exactly
 ``expandsearch train``'s warm start (train_configs/tiny_cpu.yaml), so the learning test starts where the demo's RL
 starts. About 8 minutes on one core; under ``pytest -n 2`` (``make test``) every test that uses it runs on one
-worker (one xdist group), so it is built once while the other worker runs the rest of the suite.
+worker (``WARM_START_MODULES`` in tests/conftest.py), so it is built once while the other worker runs the rest.
 """
 
 from __future__ import annotations
@@ -20,15 +20,6 @@ from expandsearch.config import config_from_dict
 from expandsearch.rl.config import TrainConfig
 from expandsearch.rl.main_job import warm_start_config
 from expandsearch.warm_start import build_world_policy
-
-WARM_START_GROUP = "rl_warm_start"
-"""The xdist group of every test that uses :func:`warm_policy_dir`."""
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "warm_policy_dir" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group(WARM_START_GROUP))
 
 
 @pytest.fixture(scope="session", autouse=True)
