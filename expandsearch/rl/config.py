@@ -69,9 +69,9 @@ class WarmStartSection:
 class RolloutSection:
     """How episodes are sampled for each RL step."""
 
-    questions_per_step: int = 8
+    questions_per_step: int = 16
     """Training questions per step."""
-    group_size: int = 8
+    group_size: int = 4
     """Episodes sampled per question (GRPO's group; PPO uses them as more samples)."""
     squeezer: str = "extractive"
     """Squeezer spec (``agent_env.squeezers.make_squeezer``) of training and evaluation."""
@@ -79,8 +79,9 @@ class RolloutSection:
     """Most sequences the engine decodes in one batch."""
     max_concurrency: int = 256
     """Most episodes in flight at once."""
-    episode: EpisodeConfig = field(default_factory=lambda: EpisodeConfig(max_turn_tokens=120))
-    """Episode protocol and budgets (temperature 1 while training; evaluation is greedy)."""
+    episode: EpisodeConfig = field(default_factory=lambda: EpisodeConfig(max_turn_tokens=120, temperature=0.7))
+    """Episode protocol and budgets; sampling at temperature 0.7 while training (the tiny policy's samples at 1
+    stray far from its greedy behaviour, which evaluation uses), greedy in evaluation."""
 
 
 @dataclass(frozen=True)

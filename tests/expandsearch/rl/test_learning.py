@@ -51,7 +51,11 @@ def test_grpo_raises_the_exact_match_of_the_questions_it_practises(
     config = make_config(
         tmp_path / "run",
         steps=STEPS,
-        rollout={"questions_per_step": POOL, "group_size": 8, "episode": {"reward": "em", "max_turns": 4}},
+        rollout={
+            "questions_per_step": POOL,
+            "group_size": 8,
+            "episode": {"reward": "em", "max_turns": 4, "temperature": 1.0},
+        },
         algorithm={"mini_batch_size": POOL * 8, "micro_batch_size": 16},
         optim={"lr": 1e-3, "warmup_steps": 1},
     )

@@ -38,6 +38,7 @@ def quick_overrides(run_dir: Path) -> list[str]:
         "algorithm.mini_batch_size=4",
         "algorithm.micro_batch_size=2",
         "eval.questions=8",
+        "eval.during_training_questions=4",
         "logging.progress=false",
     ]
 
@@ -55,7 +56,10 @@ def test_main_job_writes_every_artifact(tmp_path: Path) -> None:
         assert evaluation["metrics"]["questions"] == 8
         assert 0 <= evaluation["metrics"]["em"] <= 1
     assert set(summary["timings_s"]) == {"world", "index", "warm start", "rl", "evaluation"}
-    assert [row["step"] for row in read_metrics(run_dir / METRICS_FILE)] == [1, 2]
+    rows = read_metrics(run_dir / METRICS_FILE)
+    assert [row["step"] for row in rows] == [0, 1, 2]  # step 0: the warm start's evaluation, where the EM curve starts
+    assert "eval/em" in rows[0]
+    assert "rollout/reward_mean" not in rows[0]
     assert (run_dir / "training_curves.png").stat().st_size > 1000
     assert any((run_dir / "tensorboard").iterdir())
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["steps"] == 2
@@ -104,6 +108,7 @@ def test_killed_run_resumes_to_the_same_metrics(world_dir: Path, warm_policy_dir
         "algorithm.mini_batch_size=4",
         "algorithm.micro_batch_size=2",
         "eval.questions=4",
+        "eval.during_training_questions=4",
         "logging.progress=false",
         "logging.plots=false",
     ]
@@ -118,7 +123,7 @@ def test_killed_run_resumes_to_the_same_metrics(world_dir: Path, warm_policy_dir
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_for_rows(run_dir / METRICS_FILE, 3, process)
+        _wait_for_rows(run_dir / METRICS_FILE, 4, process)  # steps 0 (evaluation) to 3: past the step-2 checkpoint
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
