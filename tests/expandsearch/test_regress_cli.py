@@ -146,14 +146,17 @@ def test_bad_files_and_names_are_one_line_errors(tmp_path: Path) -> None:
     assert "2wiki-bm25" not in work_is_a_file.stdout
 
 
-def test_list_and_a_file_without_conditions() -> None:
+def test_list_and_a_file_without_conditions(tmp_path: Path) -> None:
     listed = regress("--list")
     assert listed.returncode == 0
     assert "hotpotqa-bm25\t" in listed.stdout
     assert "open-domain-minilm\t" in listed.stdout  # --list shows the full set too
-    placeholder = regress(REGRESSIONS_DIR / "agent_tiny.yaml")
-    assert placeholder.returncode == 0
-    assert "no conditions" in placeholder.stdout
+    assert "tiny-agent-world\t" in listed.stdout
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("description: nothing yet\nconditions: []\n")
+    nothing = regress(empty)
+    assert nothing.returncode == 0
+    assert "no conditions" in nothing.stdout
 
 
 @pytest.mark.slow
