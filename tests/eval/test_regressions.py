@@ -201,14 +201,16 @@ def test_report_lists_every_score_and_each_failure(tmp_path: Path) -> None:
     assert "details" not in report
 
 
-def test_every_shipped_file_validates_and_the_full_set_is_not_default() -> None:
+def test_every_shipped_file_validates_and_the_slow_sets_are_not_default() -> None:
     files = shipped_files()
     names = {path.name for path in files}
     assert {"retrieval.yaml", "retrieval_full.yaml", "agent_tiny.yaml"} <= names
     items = select_conditions(files)  # validates all, and that names are unique across them
     assert {"hotpotqa-bm25", "hotpotqa-minilm", "open-domain-bm25", "open-domain-minilm"} <= {i.name for i in items}
-    assert "retrieval_full.yaml" not in {path.name for path in default_files()}
+    assert {"retrieval_full.yaml", "agent_tiny.yaml"}.isdisjoint(path.name for path in default_files())  # slow ones
     for item in items:
+        if not item.source.name.startswith("retrieval"):
+            continue  # the trained agent: a measured 0 (direct answers) is a value, and training needs a tolerance
         for path, expected in item.condition.expected.items():
             assert expected.value > 0, f"{item.name}: {path} was never measured"  # no placeholder left
             assert item.tolerance(expected) <= 0.005, f"{item.name}: {path}: retrieval is deterministic, keep it tight"
