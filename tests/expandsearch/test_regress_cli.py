@@ -19,7 +19,6 @@ from support import run_expandsearch
 
 from data_prep.synthetic import World
 from eval.datasets import DatasetSpec, EvalDataset
-from eval.regress import REGRESSIONS_DIR
 from eval.retrieval import RetrievalSource, evaluate_dataset
 from retriever_server.bm25 import BM25Index
 
