@@ -39,7 +39,8 @@ def changed(before: list[torch.Tensor], model: Any) -> bool:
 
 
 def test_grpo_step_runs_the_stages_in_order_and_updates_the_policy(make_trainer: Any) -> None:
-    trainer = make_trainer()
+    # temperature 1: the engine reports the raw model's log-probs, comparable with the trainer's only there
+    trainer = make_trainer(rollout={"episode": {"temperature": 1.0}})
     before = parameters(trainer.policy)
     metrics = trainer.train_step()
     stages = [key.removeprefix("timing/") for key in metrics if key.startswith("timing/")]
@@ -50,6 +51,12 @@ def test_grpo_step_runs_the_stages_in_order_and_updates_the_policy(make_trainer:
     assert changed(before, trainer.policy)
     # the trainer's recomputed log-probs are the sampler's: same model, same tokens, no re-tokenization
     assert metrics["batch/rollout_logprob_gap"] < 1e-4
+
+
+def test_below_temperature_1_no_log_prob_gap_is_claimed(make_trainer: Any) -> None:
+    metrics = make_trainer(rollout={"episode": {"temperature": 0.7}}).train_step()
+    assert "batch/rollout_logprob_gap" not in metrics  # the sampler's raw log-probs are not the tempered ones
+    assert "actor/pg_loss" in metrics
 
 
 def test_grpo_group_with_equal_rewards_has_no_policy_gradient(make_trainer: Any) -> None:
