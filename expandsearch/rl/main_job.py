@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agent_env.episode import EpisodeConfig
+    from agent_env.rollout import EpisodeInput
     from expandsearch.rl.config import TrainConfig
     from expandsearch.rl.trainer import Trainer
     from expandsearch.warm_start import WorldData
@@ -283,6 +284,11 @@ def train(trainer: Trainer, run_dir: Path, *, resume: bool, log: Callable[[str],
 
 
 def _eval_during_training(trainer: Trainer) -> dict[str, float]:
+    return {f"eval/{key}": value for key, value in evaluate_trainer_policy(trainer, trainer.eval_inputs).items()}
+
+
+def evaluate_trainer_policy(trainer: Trainer, inputs: Sequence[EpisodeInput]) -> dict[str, float]:
+    """Greedy episodes of the trainer's current policy on ``inputs``, through its own environment: the metrics."""
     from expandsearch.rl.evaluation import evaluate_policy
 
     config = trainer.config
@@ -290,12 +296,12 @@ def _eval_during_training(trainer: Trainer) -> dict[str, float]:
         trainer.policy,
         trainer.tokenizer,
         trainer.env.search,
-        trainer.eval_inputs,
+        inputs,
         config.rollout.episode,
         config.rollout.squeezer,
         trainer.loop,
     )
-    return {f"eval/{key}": value for key, value in result["metrics"].items()}
+    return dict(result["metrics"])
 
 
 def _save_policy(trainer: Trainer, out_dir: Path) -> None:

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from expandsearch.rl.evaluation import evaluate_policy
-from expandsearch.rl.main_job import build_trainer, ensure_index
+from expandsearch.rl.main_job import build_trainer, ensure_index, evaluate_trainer_policy
 from expandsearch.rl.trainer import Trainer
 
 pytestmark = pytest.mark.slow
@@ -29,17 +28,7 @@ STEPS = 12
 
 
 def greedy_em(trainer: Trainer) -> float:
-    config = trainer.config
-    result = evaluate_policy(
-        trainer.policy,
-        trainer.tokenizer,
-        trainer.env.search,
-        trainer.questions,
-        config.rollout.episode,
-        config.rollout.squeezer,
-        trainer.loop,
-    )
-    return float(result["metrics"]["em"])
+    return evaluate_trainer_policy(trainer, trainer.questions)["em"]
 
 
 def test_grpo_raises_the_exact_match_of_the_questions_it_practises(
