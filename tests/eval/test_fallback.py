@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from support import hand_built_trajectory
 
 from agent_env.episode import Trajectory, TurnRecord
 from eval.fallback import ANSWER_FALLBACKS, FALLBACK_MAX_WORDS, clean_turn, last_turn_answer
@@ -55,21 +56,7 @@ def turn(text: str, action: str = "invalid", answer: str | None = None) -> TurnR
 
 
 def trajectory(turns: list[TurnRecord], answer: str | None) -> Trajectory:
-    mask = [1, 1] * len(turns)
-    return Trajectory(
-        prompt_ids=[0] * 4,
-        response_ids=[1] * len(mask),
-        response_mask=mask,
-        response_logprobs=[0.0] * len(mask),
-        reward=0.0,
-        answer=answer,
-        num_turns=len(turns),
-        termination="answer" if answer is not None else "max_turns",
-        metrics={"searches": 0.0, "variants_per_search": 0.0, "valid_action_rate": 0.0},
-        turns=turns,
-        question="q",
-        golden_answers=[],
-    )
+    return hand_built_trajectory(turns, answer)
 
 
 def test_an_untagged_episode_is_scored_on_its_last_turn_apart_from_the_strict_metrics() -> None:

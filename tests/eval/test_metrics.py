@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from support import hand_built_trajectory
 
 from agent_env.episode import Trajectory, TurnRecord
 from eval.metrics import aggregate, answer_in_passages, example_metrics, retrieved_passages, supporting_recall
@@ -24,26 +25,8 @@ def answer_turn(answer: str) -> TurnRecord:
 
 
 def trajectory(turns: list[TurnRecord], answer: str | None, searches: int = 0, variants: int = 0) -> Trajectory:
-    """Five prompt tokens; each turn two policy tokens, and one environment token after every search."""
-    mask: list[int] = []
-    for turn in turns:
-        mask += [1, 1] + ([0] if turn.action == "search" else [])
     metrics = {"searches": float(searches), "variants_per_search": variants / searches if searches else 0.0}
-    metrics["valid_action_rate"] = 1.0
-    return Trajectory(
-        prompt_ids=[0] * 5,
-        response_ids=[1] * len(mask),
-        response_mask=mask,
-        response_logprobs=[0.0] * len(mask),
-        reward=0.0,
-        answer=answer,
-        num_turns=len(turns),
-        termination="answer" if answer is not None else "max_turns",
-        metrics=metrics,
-        turns=turns,
-        question="q",
-        golden_answers=[],
-    )
+    return hand_built_trajectory(turns, answer, metrics | {"valid_action_rate": 1.0})
 
 
 def test_retrieved_passages_are_the_union_over_turns_and_variants_in_first_seen_order() -> None:

@@ -2,7 +2,8 @@
 
 Fixtures live in ``conftest.py`` files; this module holds the plain functions and classes that tests import:
 running the installed ``expandsearch`` console script, finding a free port, waiting for a served ``/health``,
-a BM25 index that counts its batch calls, and reading JSON lines and parquet values back for comparison.
+a BM25 index that counts its batch calls, hand-built trajectories for the metric tests, and reading JSON lines
+and parquet values back for comparison.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from agent_env.episode import Trajectory, TurnRecord
 from retriever_server.base import SearchHit
 from retriever_server.bm25 import BM25Index
 
@@ -105,3 +107,28 @@ def plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [plain(item) for item in value]
     return value
+
+
+def hand_built_trajectory(
+    turns: Sequence[TurnRecord], answer: str | None, metrics: dict[str, float] | None = None
+) -> Trajectory:
+    """A played-looking episode for metric tests: five prompt tokens, two policy tokens per turn and one
+    environment token after every search turn; ``metrics`` as the environment would record them (none by default)."""
+    mask: list[int] = []
+    for turn in turns:
+        mask += [1, 1] + ([0] if turn.action == "search" else [])
+    default = {"searches": 0.0, "variants_per_search": 0.0, "valid_action_rate": 0.0}
+    return Trajectory(
+        prompt_ids=[0] * 5,
+        response_ids=[1] * len(mask),
+        response_mask=mask,
+        response_logprobs=[0.0] * len(mask),
+        reward=0.0,
+        answer=answer,
+        num_turns=len(turns),
+        termination="answer" if answer is not None else "max_turns",
+        metrics=metrics if metrics is not None else default,
+        turns=list(turns),
+        question="q",
+        golden_answers=[],
+    )
