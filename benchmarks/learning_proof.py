@@ -29,6 +29,8 @@ from pathlib import Path
 from statistics import fmean, pstdev
 from typing import Any
 
+from expandsearch.rl.evaluation import sign_test_p
+
 MODES: dict[str, list[str]] = {
     "multi": [],
     "single": [
@@ -103,6 +105,24 @@ def search_behaviour(summaries: dict[tuple[str, int], dict[str, Any]], modes: li
     return "\n".join(lines)
 
 
+def paired_table(summaries: dict[tuple[str, int], dict[str, Any]], modes: list[str], seeds: list[int]) -> str:
+    """After RL against the warm start, question by question: per seed, and pooled over the seeds."""
+    name = "after RL vs warm start"
+    lines = ["| search | seed | EM difference | gained | lost | sign test p |", "|---|---|---|---|---|---|"]
+    for mode in modes:
+        runs = [(seed, summaries[mode, seed].get("paired", {}).get(name)) for seed in seeds]
+        known = [(seed, pair) for seed, pair in runs if pair is not None]
+        for seed, pair in known:
+            cells = f"{pair['difference']:+.3f} | {pair['gained']:.0f} | {pair['lost']:.0f} | {pair['sign_test_p']:.2g}"
+            lines.append(f"| {mode} | {seed} | {cells} |")
+        if len(known) > 1:
+            gained, lost = (sum(int(pair[key]) for _, pair in known) for key in ("gained", "lost"))
+            difference = fmean(pair["difference"] for _, pair in known)
+            pooled = f"{difference:+.3f} | {gained} | {lost} | {sign_test_p(gained, lost):.2g}"
+            lines.append(f"| {mode} | pooled | {pooled} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/learning_proof"))
@@ -123,6 +143,8 @@ def main() -> None:
     print(table(summaries, modes, seeds))
     print()
     print(search_behaviour(summaries, modes, seeds))
+    print("\nafter RL vs warm start, question by question (runs whose summary has per-question rewards)\n")
+    print(paired_table(summaries, modes, seeds))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -30,7 +31,8 @@ def evaluate_policy(
     loop: asyncio.AbstractEventLoop | None = None,
     types: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """``{"metrics": {...}, "em_by_type": {...}}`` of greedy episodes of ``model`` on ``inputs``."""
+    """``{"metrics": {...}, "em_by_type": {...}, "reward_by_question": {...}}`` of greedy episodes of ``model`` on
+    ``inputs``."""
     from agent_env.engine import TransformersEngine
     from agent_env.episode import AgentEnv
     from agent_env.rollout import RolloutRunner
@@ -60,7 +62,36 @@ def summarize(trajectories: Sequence[Trajectory], types: Mapping[str, str]) -> d
     by_type: dict[str, list[float]] = defaultdict(list)
     for trajectory in trajectories:
         by_type[types.get(trajectory.example_id or "", "all")].append(trajectory.reward)
-    return {"metrics": metrics, "em_by_type": {kind: fmean(rewards) for kind, rewards in sorted(by_type.items())}}
+    return {
+        "metrics": metrics,
+        "em_by_type": {kind: fmean(rewards) for kind, rewards in sorted(by_type.items())},
+        # kept per question so two policies can be compared on the same questions (paired_difference)
+        "reward_by_question": {t.example_id: t.reward for t in trajectories if t.example_id is not None},
+    }
+
+
+def paired_difference(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """How ``after`` differs from ``before`` on the questions both answered (``reward_by_question`` maps).
+
+    A held-out EM difference of a few points over a couple of hundred questions can be noise: a tiny policy's
+    greedy answers flip both ways when its weights move. So the summary reports the questions gained and lost and
+    the exact two-sided sign test on them (the chance of a split at least this uneven if gains and losses were
+    equally likely), not only the two means.
+    """
+    shared = sorted(set(before) & set(after))
+    if not shared:
+        raise ValueError("the two evaluations share no question")
+    gained = sum(after[key] > before[key] for key in shared)
+    lost = sum(after[key] < before[key] for key in shared)
+    difference = fmean(after[key] - before[key] for key in shared)
+    return {"difference": difference, "gained": gained, "lost": lost, "sign_test_p": sign_test_p(gained, lost)}
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """Exact two-sided binomial sign test of ``wins`` against ``losses`` (ties left out): 1.0 when there are none."""
+    trials = wins + losses
+    tail = sum(math.comb(trials, count) for count in range(min(wins, losses) + 1)) / 2**trials
+    return min(1.0, 2 * tail)
 
 
 def evaluate_directory(

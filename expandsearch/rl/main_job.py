@@ -38,6 +38,8 @@ SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
 EVALUATIONS = ("warm start", "after RL", "after RL, 1 query/search")
 """The rows of the summary table: the policy before RL, after RL, and after RL with only its first variant run."""
+PAIRED = (("after RL", "warm start"), ("after RL, 1 query/search", "after RL"))
+"""(evaluation, baseline) pairs compared question by question in the summary (``paired``)."""
 
 
 class RunConfigMismatch(ValueError):
@@ -77,7 +79,7 @@ def run_main_job(config: TrainConfig, *, resume: bool = False, log: Callable[[st
             trainer.close()
     with stage(timings, "evaluation", log):
         evaluations = evaluate_all(config, warm_start_dir, run_dir / "policy", world, index)
-    summary = {"evaluations": evaluations, "timings_s": timings, "run_dir": str(run_dir)}
+    summary = {"evaluations": evaluations, "paired": paired(evaluations), "timings_s": timings, "run_dir": str(run_dir)}
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
     if config.logging.plots:
         _plot(run_dir)
@@ -326,6 +328,18 @@ def evaluate_all(
     return {
         name: evaluate_directory(path, index, questions, settings, config.rollout.squeezer, types, config.device)
         for name, (path, settings) in zip(EVALUATIONS, runs, strict=True)
+    }
+
+
+def paired(evaluations: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each :data:`PAIRED` comparison, keyed ``"EVALUATION vs BASELINE"`` (see ``paired_difference``)."""
+    from expandsearch.rl.evaluation import paired_difference
+
+    return {
+        f"{name} vs {baseline}": paired_difference(
+            evaluations[baseline]["reward_by_question"], evaluations[name]["reward_by_question"]
+        )
+        for name, baseline in PAIRED
     }
 
 

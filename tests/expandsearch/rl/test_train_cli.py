@@ -55,6 +55,13 @@ def test_main_job_writes_every_artifact(tmp_path: Path) -> None:
     for evaluation in summary["evaluations"].values():
         assert evaluation["metrics"]["questions"] == 8
         assert 0 <= evaluation["metrics"]["em"] <= 1
+        assert len(evaluation["reward_by_question"]) == 8
+    warm, after = (summary["evaluations"][name] for name in ("warm start", "after RL"))
+    comparison = summary["paired"]["after RL vs warm start"]
+    assert comparison["difference"] == pytest.approx(after["metrics"]["em"] - warm["metrics"]["em"])
+    assert comparison["gained"] + comparison["lost"] <= 8
+    assert "after RL vs warm start: EM " in result.stdout
+    assert "after RL, 1 query/search vs after RL: EM " in result.stdout
     assert set(summary["timings_s"]) == {"world", "index", "warm start", "rl", "evaluation"}
     rows = read_metrics(run_dir / METRICS_FILE)
     assert [row["step"] for row in rows] == [0, 1, 2]  # step 0: the warm start's evaluation, where the EM curve starts
