@@ -113,7 +113,8 @@ def hand_built_trajectory(
     turns: Sequence[TurnRecord], answer: str | None, metrics: dict[str, float] | None = None
 ) -> Trajectory:
     """A played-looking episode for metric tests: five prompt tokens, two policy tokens per turn and one
-    environment token after every search turn; ``metrics`` as the environment would record them (none by default)."""
+    environment token after every search turn; ``metrics`` as the environment would record them (by default: no
+    searches, no valid actions)."""
     mask: list[int] = []
     for turn in turns:
         mask += [1, 1] + ([0] if turn.action == "search" else [])
