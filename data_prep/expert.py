@@ -130,6 +130,9 @@ class ExpertEpisode:
     done: bool = False
     new_statements: list[str] = field(default_factory=list)
     """Sentences read since the last turn: the next ``<think>`` quotes them."""
+    count_facts: bool = False
+    """Say in every ``<think>`` how many facts are still to find ("Facts left: 2."), so that whether to search
+    again is a count the policy carries forward, not a judgement it makes afresh from the passages."""
 
     def __post_init__(self) -> None:
         hops = self.example.metadata["hops"]
@@ -152,12 +155,20 @@ class ExpertEpisode:
         # Quoting the evidence first turns reading into copying: the object then sits in the policy's own words
         # right before the answer (or the next query), where even a tiny model finds it.
         evidence = "".join(f"{statement} " for statement in self.new_statements)
+        if self.count_facts:
+            evidence += f"Facts left: {self.facts_left()}. "
         self.new_statements = []
         if not open_lookups or last_turn:
             return f"<think> {evidence}I have what I need. </think>\n<answer> {self._decide()} </answer>"
         queries = self._next_queries(open_lookups)
         wanted = " and ".join(_LOOKUP_PHRASES[lookup.relation].format(s=lookup.subject) for lookup in open_lookups)
         return f"<think> {evidence}I need {wanted}. </think>\n<search> {' ## '.join(queries)} </search>"
+
+    def facts_left(self) -> int:
+        """Facts the answer still needs: the unread ones of a comparison, the unread hops of a chain."""
+        if self.example.metadata["type"] == "comparison":
+            return sum(lookup.value is None for lookup in self.lookups)
+        return len(self.example.metadata["hops"]) - sum(lookup.value is not None for lookup in self.lookups)
 
     def _next_queries(self, open_lookups: list[Lookup]) -> list[str]:
         """Up to max_variants untried wordings, taken round-robin over the open lookups."""

@@ -47,8 +47,10 @@ class ExpertResponder:
         max_variants: int = 3,
         max_turns: int | None = None,
         variant_mix: Sequence[int] = (),
+        count_facts: bool = False,
     ) -> None:
         self.reader = FactReader(lexicon)
+        self.count_facts = count_facts
         self.max_variants = max_variants
         self.max_turns = max_turns
         self.variant_mix = tuple(variant_mix)
@@ -71,7 +73,7 @@ class ExpertResponder:
 
     def _replay(self, example: QAExample, observations: list[str]) -> ExpertEpisode:
         """The expert's state after the earlier turns: each searched (never a last turn) and read its result."""
-        episode = ExpertEpisode(example, self.reader, self.variants_for(example))
+        episode = ExpertEpisode(example, self.reader, self.variants_for(example), count_facts=self.count_facts)
         for observation in observations:
             episode.next_turn(last_turn=False)  # advances which query wordings have been tried
             episode.observe(render_as_read(observation))
@@ -118,14 +120,21 @@ def expert_policy(
     max_turns: int | None = None,
     max_context_tokens: int | None = None,
     variant_mix: Sequence[int] = (),
+    count_facts: bool = False,
 ) -> ScriptedPolicy:
     """An engine whose turns are the scripted expert's, for episodes on any of ``examples``.
 
     ``max_turns`` (the episode's) makes the expert answer on the last turn even when the environment sends no
     final-turn notice; with the notice (the default) it is not needed. ``variant_mix`` (e.g. ``(1, 2, 3)``) makes
-    the expert search some questions with fewer variants (see :meth:`ExpertResponder.variants_for`).
+    the expert search some questions with fewer variants (see :meth:`ExpertResponder.variants_for`);
+    ``count_facts`` makes it say in every ``<think>`` how many facts are left (see ``ExpertEpisode``).
     """
     respond = ExpertResponder(
-        examples, lexicon, max_variants=max_variants, max_turns=max_turns, variant_mix=variant_mix
+        examples,
+        lexicon,
+        max_variants=max_variants,
+        max_turns=max_turns,
+        variant_mix=variant_mix,
+        count_facts=count_facts,
     )
     return ScriptedPolicy(tokenizer, respond, max_context_tokens=max_context_tokens)

@@ -433,6 +433,8 @@ class WarmStartConfig:
     variant_mix: tuple[int, ...] = ()
     """Variants per search of the demonstrations, one value per question drawn from these (``(1, 2, 3)``: a third
     each); empty: always ``episode.max_variants``. A mix leaves RL a choice to make: how many variants pay off."""
+    count_facts: bool = False
+    """The demonstrations say in every ``<think>`` how many facts are left to find (``ExpertEpisode.count_facts``)."""
     transcripts_for_tokenizer: int = 300
     """Expert transcripts (``run_expert``) added to the tokenizer's training texts."""
     eval_questions: int = 48
@@ -542,7 +544,12 @@ def _expert_trajectories(
     from data_prep.expert_policy import expert_policy
 
     engine = expert_policy(
-        tokenizer, demos, world.lexicon, max_variants=config.episode.max_variants, variant_mix=config.variant_mix
+        tokenizer,
+        demos,
+        world.lexicon,
+        max_variants=config.episode.max_variants,
+        variant_mix=config.variant_mix,
+        count_facts=config.count_facts,
     )
     trajectories = _play(engine, tokenizer, index, demos, config)
     metrics = {key.replace("rollout/", "expert/"): value for key, value in summarize_rollouts(trajectories).items()}

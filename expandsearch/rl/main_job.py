@@ -209,6 +209,7 @@ def warm_start_config(config: TrainConfig) -> Any:
         demonstrations=section.demonstrations,
         name_shuffle=section.name_shuffle,
         variant_mix=section.variant_mix,
+        count_facts=section.count_facts,
         eval_questions=section.eval_questions,
         squeezer=config.rollout.squeezer,
         episode=replace(config.rollout.episode, temperature=0.0),

@@ -50,10 +50,11 @@ def play(
     *,
     samples: int = 1,
     config: EpisodeConfig | None = None,
+    count_facts: bool = False,
 ) -> list[Trajectory]:
     async def go() -> list[Trajectory]:
         search = LocalSearch(index)
-        engine = expert_policy(tokenizer, examples, lexicon)
+        engine = expert_policy(tokenizer, examples, lexicon, count_facts=count_facts)
         env = AgentEnv(engine, tokenizer, search, NoSqueezer(), config or EpisodeConfig())
         inputs = [EpisodeInput(example.question, tuple(example.golden_answers), example.id) for example in examples]
         try:
@@ -95,6 +96,23 @@ def test_exact_match_through_the_environment_matches_run_expert(
     assert abs(env_em - reference_em) <= 0.05, (env_em, reference_em)
     same = sum(result.answer == trajectory.answer for result, trajectory in zip(reference, trajectories, strict=True))
     assert same >= 0.9 * len(test_questions)
+
+
+def test_counting_facts_changes_the_thinking_not_the_actions(
+    tokenizer: Any, index: BM25Index, lexicon: WorldLexicon, test_questions: list[QAExample]
+) -> None:
+    plain = play(tokenizer, index, lexicon, test_questions)
+    counting = play(tokenizer, index, lexicon, test_questions, count_facts=True)
+    hops = {"single_hop": 1, "bridge": 2, "comparison": 2, "three_hop": 3}
+    for example, before, after in zip(test_questions, plain, counting, strict=True):
+        assert [turn.queries for turn in after.turns] == [turn.queries for turn in before.turns]
+        assert (after.answer, after.reward) == (before.answer, before.reward)
+        counts = [int(turn.policy_text.split("Facts left: ")[1].split(".")[0]) for turn in after.turns]
+        assert counts[0] == hops[example.metadata["type"]]
+        assert counts == sorted(counts, reverse=True)  # a fact once read stays read
+        if after.reward > 0 and example.metadata["type"] != "comparison":
+            assert counts[-1] == 0  # answered when nothing was left (a comparison may decide on one fact)
+        assert "Facts left" not in before.turns[0].policy_text
 
 
 def test_concurrent_repeated_samples_equal_a_lone_episode(

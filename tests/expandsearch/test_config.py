@@ -103,6 +103,16 @@ def test_the_default_config_file_holds_the_dataclass_defaults() -> None:
     assert load_config(RLTrainConfig, default_file) == RLTrainConfig()
 
 
+def test_warm_start_settings_reach_the_world_policy_builder() -> None:
+    from expandsearch.rl.config import TrainConfig as RLTrainConfig
+    from expandsearch.rl.main_job import warm_start_config
+
+    for count_facts in (True, False):
+        overrides = [f"warm_start.count_facts={str(count_facts).lower()}", "warm_start.variant_mix=[1, 3]"]
+        built = warm_start_config(load_config(RLTrainConfig, overrides=overrides))
+        assert (built.count_facts, built.variant_mix) == (count_facts, (1, 3))
+
+
 def test_partial_file_keeps_other_defaults_of_a_section(tmp_path: Path) -> None:
     path = write(tmp_path, "seed: 7\nrl:\n  lr: 3.0e-5\n  betas: [0.8, 0.9]\n")
     config = load_config(TrainConfig, path)
