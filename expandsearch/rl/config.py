@@ -48,9 +48,10 @@ class WarmStartSection:
     """Training questions the expert plays (capped by the train split)."""
     name_shuffle: float = 1.0
     """Probability of consistently renaming a demonstration's entities (teaches copying over memorising)."""
-    count_facts: bool = False
+    count_facts: bool = True
     """Demonstrations that say in every ``<think>`` how many facts are left ("Facts left: 1."): the policy then
-    carries the search depth forward as a count instead of judging it afresh each turn."""
+    carries the search depth forward as a count instead of judging it afresh each turn, and RL can change the
+    depth of one question type without moving the others (docs/experiment_log.md, 2026-12-02)."""
     variant_mix: tuple[int, ...] = (1, 2, 3)
     """Variants per search of the demonstrations, one of these per question (empty: ``max_variants`` always). A
     mix of one-, two- and three-variant searchers leaves RL a choice to learn; it must stay within max_variants."""

@@ -2,10 +2,10 @@
 
 Real pieces only: the session's warm start (tiny world, search-result pretraining, behaviour cloning), GRPO steps
 through the real environment (micro-batched decoding, BM25, the extractive squeezer, the EM reward), and greedy
-episodes before and after. At this scale the improvement is measured on a fixed pool of training questions, where
-a dozen steps move it far beyond noise; the held-out claim (test questions about people RL never saw) needs the
-full budget and is measured over three seeds by ``benchmarks/learning_proof.py`` (docs/benchmarks.md). Deterministic
-on CPU for the fixed seed.
+episodes before and after. At this scale the improvement is measured on a fixed pool of training questions that
+the warm start answers wrongly, where a dozen steps move it far beyond noise; the held-out claim (test questions
+about people RL never saw) needs the full budget and is measured over three seeds by
+``benchmarks/learning_proof.py`` (docs/benchmarks.md). Deterministic on CPU for the fixed seed.
 """
 
 from __future__ import annotations
@@ -17,13 +17,16 @@ from typing import Any
 
 import pytest
 
+from expandsearch.rl.evaluation import evaluate_policy
 from expandsearch.rl.main_job import build_trainer, ensure_index, evaluate_trainer_policy
 from expandsearch.rl.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 
 POOL = 8
-"""Single-hop training questions the agent practises (each once per step)."""
+"""Single-hop training questions the agent practises (each once per step): ones the warm start answers wrongly."""
+CANDIDATES = 40
+"""Single-hop training questions the pool is picked from (the warm start gets about a third of them wrong)."""
 STEPS = 12
 
 
@@ -31,12 +34,26 @@ def greedy_em(trainer: Trainer) -> float:
     return evaluate_trainer_policy(trainer, trainer.questions)["em"]
 
 
+def answered_wrongly(trainer: Trainer) -> set[str]:
+    """Ids of the trainer's questions that its policy answers wrongly, greedily."""
+    config = trainer.config
+    result = evaluate_policy(
+        trainer.policy,
+        trainer.tokenizer,
+        trainer.env.search,
+        trainer.questions,
+        config.rollout.episode,
+        config.rollout.squeezer,
+        trainer.loop,
+    )
+    return {question for question, reward in result["reward_by_question"].items() if reward == 0}
+
+
 def test_grpo_raises_the_exact_match_of_the_questions_it_practises(
     world_dir: Path, warm_policy_dir: Path, make_config: Any, tmp_path: Path
 ) -> None:
     world, index = ensure_index(world_dir, tmp_path / "index")
-    pool = [example for example in world.questions["train"] if example.metadata["type"] == "single_hop"][:POOL]
-    practice = replace(world, questions={**world.questions, "train": pool})
+    candidates = [example for example in world.questions["train"] if example.metadata["type"] == "single_hop"]
     config = make_config(
         tmp_path / "run",
         steps=STEPS,
@@ -48,7 +65,20 @@ def test_grpo_raises_the_exact_match_of_the_questions_it_practises(
         algorithm={"mini_batch_size": POOL * 8, "micro_batch_size": 16},
         optim={"lr": 1e-3, "warmup_steps": 1},
     )
-    trainer = build_trainer(config, warm_policy_dir, practice, index)
+
+    def practising(examples: list[Any]) -> Trainer:
+        return build_trainer(
+            config, warm_policy_dir, replace(world, questions={**world.questions, "train": examples}), index
+        )
+
+    probe = practising(candidates[:CANDIDATES])
+    try:
+        wrong = answered_wrongly(probe)
+    finally:
+        probe.close()
+    pool = [example for example in candidates[:CANDIDATES] if example.id in wrong][:POOL]
+    assert len(pool) == POOL, f"the warm start answers all but {len(wrong)} of {CANDIDATES} questions"
+    trainer = practising(pool)
     try:
         before = greedy_em(trainer)
         rewards = [trainer.train_step()["rollout/reward_mean"] for _ in range(STEPS)]
@@ -57,4 +87,5 @@ def test_grpo_raises_the_exact_match_of_the_questions_it_practises(
         trainer.close()
     # sampled reward (8 samples of each of the 8 questions per step): the last three steps against the first two
     assert fmean(rewards[-3:]) >= fmean(rewards[:2]) + 0.15, rewards
+    assert before == 0.0
     assert after >= before + 0.25, (before, after, rewards)
