@@ -17,11 +17,10 @@ import collections
 import tempfile
 from pathlib import Path
 
+from expandsearch.commands.train import DEFAULT_CONFIG
 from expandsearch.config import load_config
 from expandsearch.rl import main_job
 from expandsearch.rl.config import TrainConfig
-
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "train_configs" / "tiny_cpu.yaml"
 
 
 def main() -> None:

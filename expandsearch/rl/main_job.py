@@ -292,10 +292,16 @@ def _eval_during_training(trainer: Trainer) -> dict[str, float]:
 
 def evaluate_trainer_policy(trainer: Trainer, inputs: Sequence[EpisodeInput]) -> dict[str, float]:
     """Greedy episodes of the trainer's current policy on ``inputs``, through its own environment: the metrics."""
+    return dict(greedy_evaluation(trainer, inputs)["metrics"])
+
+
+def greedy_evaluation(trainer: Trainer, inputs: Sequence[EpisodeInput]) -> dict[str, Any]:
+    """:func:`~expandsearch.rl.evaluation.evaluate_policy` of the trainer's current policy through its own
+    environment: metrics, EM by question type and the reward of every question."""
     from expandsearch.rl.evaluation import evaluate_policy
 
     config = trainer.config
-    result = evaluate_policy(
+    return evaluate_policy(
         trainer.policy,
         trainer.tokenizer,
         trainer.env.search,
@@ -304,7 +310,6 @@ def evaluate_trainer_policy(trainer: Trainer, inputs: Sequence[EpisodeInput]) ->
         config.rollout.squeezer,
         trainer.loop,
     )
-    return dict(result["metrics"])
 
 
 def _save_policy(trainer: Trainer, out_dir: Path) -> None:

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from expandsearch.rl.evaluation import evaluate_policy
-from expandsearch.rl.main_job import build_trainer, ensure_index, evaluate_trainer_policy
+from expandsearch.rl.main_job import build_trainer, ensure_index, evaluate_trainer_policy, greedy_evaluation
 from expandsearch.rl.trainer import Trainer
 
 pytestmark = pytest.mark.slow
@@ -36,17 +35,8 @@ def greedy_em(trainer: Trainer) -> float:
 
 def answered_wrongly(trainer: Trainer) -> set[str]:
     """Ids of the trainer's questions that its policy answers wrongly, greedily."""
-    config = trainer.config
-    result = evaluate_policy(
-        trainer.policy,
-        trainer.tokenizer,
-        trainer.env.search,
-        trainer.questions,
-        config.rollout.episode,
-        config.rollout.squeezer,
-        trainer.loop,
-    )
-    return {question for question, reward in result["reward_by_question"].items() if reward == 0}
+    rewards = greedy_evaluation(trainer, trainer.questions)["reward_by_question"]
+    return {question for question, reward in rewards.items() if reward == 0}
 
 
 def test_grpo_raises_the_exact_match_of_the_questions_it_practises(
