@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/hotpotqa_recall.py [--questions N] [--out DIR] [--faiss flat]
 
-The corpus is the union of the context paragraphs of the shared HotpotQA distractor rows (about 6k passages
+The corpus is the union of the context paragraphs of the sample HotpotQA distractor rows (about 6k passages
 for all 600), one passage per title. Each question is asked two ways: (a) the question as the only query;
 (b) two oracle variants, the two supporting titles, top-k each, pooled. A table row gives recall@k (share of
 supporting titles found) and, in brackets, the share of questions with both titles found.
@@ -22,12 +22,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from data_prep.samples import samples_dir  # noqa: E402
 from retriever_server.base import Retriever  # noqa: E402
 from retriever_server.corpus import Passage, write_wiki18_jsonl  # noqa: E402
 from retriever_server.index_dir import build_index, load_index  # noqa: E402
 
 HOTPOT_FILES = ("hotpotqa_distractor_dev300.jsonl", "hotpotqa_distractor_dev300b.jsonl")
-DEFAULT_DATA = REPO_ROOT / ".." / "shared" / "data" / "hotpotqa"
+DEFAULT_DATA = samples_dir() / "hotpotqa"
 KS = (3, 10)
 
 

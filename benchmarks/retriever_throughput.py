@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/retriever_throughput.py [--seconds 3] [--concurrency 1 8 32]
 
-Serves BM25 over the wiki-18 sample (7,923 passages, ../shared/data) from a separate process on a free
+Serves BM25 over the wiki-18 sample (7,923 passages, ``data_prep/sample_data``) from a separate process on a free
 loopback port (so the load generator does not share the server's GIL), then each client sends requests of 3
 NQ questions (ExpandSearch's 3 variants per search) back to back for a fixed time. Prints a markdown table
 of queries/s and median request latency. "off" is ``max_batch_queries=1``: one ``batch_search`` per request;
@@ -18,15 +18,15 @@ import multiprocessing
 import socket
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp  # installed with ray/verl; see measure() for why not httpx
 import httpx
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-CORPUS = DATA / "wiki18_sample" / "wiki18_passages7923.jsonl"
-QUESTIONS = DATA / "nq" / "nq_test1000.jsonl"
+from data_prep.samples import sample_file
+
+CORPUS = sample_file("wiki18_sample/wiki18_passages7923.jsonl")
+QUESTIONS = sample_file("nq/nq_test1000.jsonl")
 QUERIES_PER_REQUEST = 3
 TOPK = 3
 MODES = {

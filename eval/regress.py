@@ -11,7 +11,7 @@ the json → value, within a tolerance)::
     conditions:
       - name: hotpotqa-bm25
         setup:
-          - run: expandsearch prepare qa --dataset hotpotqa --input {shared}/hotpotqa --out {work}/data/hotpotqa
+          - run: expandsearch prepare qa --dataset hotpotqa --input {samples}/hotpotqa --out {work}/data/hotpotqa
             creates: {work}/data/hotpotqa/corpus.jsonl     # step skipped when every path it creates exists
         command: expandsearch eval-retrieval --data {work}/data/hotpotqa --index … --out {out}
         expected:
@@ -22,9 +22,10 @@ the json → value, within a tolerance)::
 :class:`RegressionFileError` naming the file and the field); :func:`run_conditions` runs conditions through the
 real ``expandsearch`` console script in subprocesses, one log file per command under ``WORK/logs/``, and checks
 the results; :func:`markdown_report` writes what happened. ``expandsearch regress`` is the command line.
-Placeholders: ``{shared}`` (the shared data folder), ``{work}`` (the work folder), ``{out}``
-(``{work}/runs/<condition>``, emptied before the command runs so every score is measured afresh), ``{repo}``,
-``{name}``; ``{{`` and ``}}`` are literal braces.
+Placeholders: ``{samples}`` (the real data samples, :func:`data_prep.samples.samples_dir` unless told otherwise;
+``{shared}`` is its old name, still accepted), ``{work}`` (the work folder), ``{out}`` (``{work}/runs/<condition>``,
+emptied before the command runs so every score is measured afresh), ``{repo}``, ``{name}``; ``{{`` and ``}}`` are
+literal braces.
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REGRESSIONS_DIR = Path(__file__).resolve().parent / "regressions"
-"""The shipped regression files (read from the checkout; they are not installed with the package)."""
-DEFAULT_SHARED = REPO_ROOT.parent / "shared" / "data"
-"""The real-data samples beside the repository (``../shared/data``)."""
-PLACEHOLDERS = ("shared", "work", "out", "repo", "name")
+"""The shipped regression files (package data: an installed ``eval`` has them too)."""
+PLACEHOLDERS = ("samples", "work", "out", "repo", "name", "shared")
+"""``shared`` is the old name of ``samples`` (the data once lay in a folder beside the repository), kept so that
+regression files written for it still load."""
 PROGRAM = "expandsearch"
 LOG_TAIL_LINES = 15
 FLOAT_SLACK = 1e-9
@@ -298,14 +299,15 @@ class ConditionResult:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Where conditions run: the work folder (setup outputs, ``runs/``, ``logs/``) and the shared data folder."""
+    """Where conditions run: the work folder (setup outputs, ``runs/``, ``logs/``) and the real data samples."""
 
     work: Path
-    shared: Path
+    samples: Path
 
     def values(self, name: str) -> dict[str, str]:
         return {
-            "shared": str(self.shared),
+            "samples": str(self.samples),
+            "shared": str(self.samples),
             "work": str(self.work),
             "out": str(self.out_dir(name)),
             "repo": str(REPO_ROOT),
@@ -509,7 +511,7 @@ def markdown_report(results: Sequence[ConditionResult], settings: RunSettings, s
         "# Regression report",
         "",
         f"{passed} of {len(results)} conditions OK, {seconds:.1f} s in all, finished {when}.",
-        f"Machine: {machine_description()}. Work folder: `{settings.work}`; shared data: `{settings.shared}`.",
+        f"Machine: {machine_description()}. Work folder: `{settings.work}`; samples: `{settings.samples}`.",
         "",
         "| condition | file | metric | expected | tolerance | got | status |",
         "|---|---|---|---:|---:|---:|---|",

@@ -1,4 +1,4 @@
-"""Shared test helpers: the location of the read-only real data beside the repository, and its wiki-18 sample."""
+"""Shared test helpers: the real data samples (``data_prep.samples``), their wiki-18 passages, tiny worlds, models."""
 
 from __future__ import annotations
 
@@ -9,12 +9,9 @@ import pytest
 
 from agent_env.protocol import build_prompt
 from agent_env.tiny_model import save_tiny_policy
+from data_prep.samples import samples_dir
 from data_prep.synthetic import WORLD_SIZES, World, generate_world
 from retriever_server.corpus import Passage, load_passages
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
-"""Real QA samples and corpora (see its README.md); CI clones the repository with ``shared/`` beside it."""
 
 WARM_START_MODULES = tuple(
     f"tests/expandsearch/rl/{name}.py" for name in ("test_trainer", "test_train_cli", "test_learning")
@@ -46,17 +43,21 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The shared real-data folder; skips the test when it is not there."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared real data not found at {SHARED_DATA.resolve()} (expected ../shared/data beside the repo)")
-    return SHARED_DATA
+def real_data() -> Path:
+    """The real QA samples and corpora (``data_prep/sample_data``, or ``$EXPANDSEARCH_SAMPLES``).
+
+    They ship inside the repository, so nothing here skips: a missing folder fails every test that reads it.
+    """
+    folder = samples_dir()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"real data samples not found at {folder}")
+    return folder
 
 
 @pytest.fixture(scope="session")
-def wiki18_passages(shared_data: Path) -> tuple[Passage, ...]:
-    """The 7,923 passages of the shared wiki-18 sample, parsed once per session (tests take slices)."""
-    return tuple(load_passages(shared_data / "wiki18_sample" / "wiki18_passages7923.jsonl"))
+def wiki18_passages(real_data: Path) -> tuple[Passage, ...]:
+    """The 7,923 passages of the wiki-18 sample, parsed once per session (tests take slices)."""
+    return tuple(load_passages(real_data / "wiki18_sample" / "wiki18_passages7923.jsonl"))
 
 
 @pytest.fixture(scope="session")

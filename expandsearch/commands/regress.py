@@ -38,12 +38,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run only these conditions (repeat or comma-separate; without FILEs, searched in every shipped file)",
     )
     parser.add_argument("--report", help="markdown report to write (default WORK/report.md)")
-    parser.add_argument("--shared", help="shared data folder for {shared} (default ../shared/data beside the repo)")
+    parser.add_argument(
+        "--samples",
+        "--shared",  # the option's old name, as {shared} is the placeholder's
+        dest="samples",
+        metavar="DIR",
+        help="real data folder for {samples} (default: the samples shipped in data_prep, or $EXPANDSEARCH_SAMPLES)",
+    )
     parser.add_argument("--list", action="store_true", help="list the conditions and their files, run nothing")
 
 
 def run(args: argparse.Namespace) -> int:
-    from eval.regress import DEFAULT_SHARED, RunSettings, markdown_report, run_conditions
+    from data_prep.samples import samples_dir
+    from eval.regress import RunSettings, markdown_report, run_conditions
 
     files, items = _selected_conditions(args)
     if args.list:
@@ -53,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if not items:
         print(f"no conditions in {', '.join(map(str, files))}")
         return 0
-    settings = RunSettings(Path(args.work).resolve(), Path(args.shared or DEFAULT_SHARED).resolve())
+    settings = RunSettings(Path(args.work).resolve(), Path(args.samples or samples_dir()).resolve())
     report = Path(args.report) if args.report else settings.work / "report.md"
     _check_writable(settings.work, report)
     started = time.perf_counter()

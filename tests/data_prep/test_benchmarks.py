@@ -1,6 +1,6 @@
-"""Tests for data_prep.benchmarks: every layout on the real shared samples, context corpora, sampling, the files.
+"""Tests for data_prep.benchmarks: every layout on the real samples, context corpora, sampling, the files.
 
-Each shared QA file is read in its own layout; the other layouts (original HotpotQA list, NQ-open, FlashRAG with
+Each sample QA file is read in its own layout; the other layouts (original HotpotQA list, NQ-open, FlashRAG with
 context in its metadata, 2Wiki in Hugging Face columns) are built in tmp dirs from the same real records, so the
 tests can check that every route gives the same questions, golds and corpus.
 """
@@ -37,7 +37,7 @@ HOTPOT = "hotpotqa/hotpotqa_distractor_dev300.jsonl"
 TWOWIKI = "2wikimultihopqa/2wiki_dev_with_context80.jsonl"
 MUSIQUE = "musique/musique_ans_dev100.jsonl"
 
-SHARED_QA = [
+SAMPLE_QA = [
     ("nq", "nq/nq_test1000.jsonl", "flashrag", 1000),
     ("triviaqa", "triviaqa/triviaqa_test1000.jsonl", "flashrag", 1000),
     ("popqa", "popqa/popqa_test1000.jsonl", "flashrag", 1000),
@@ -69,22 +69,22 @@ def hotpot_original(row: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def hotpot(shared_data: Path) -> PreparedBenchmark:
-    return prepare_benchmark("hotpotqa", shared_data / HOTPOT)
+def hotpot(real_data: Path) -> PreparedBenchmark:
+    return prepare_benchmark("hotpotqa", real_data / HOTPOT)
 
 
-# --- every shared sample in its own layout ------------------------------------------------------------------------
+# --- every real sample in its own layout ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "file", "layout", "rows"), SHARED_QA, ids=[item[1] for item in SHARED_QA])
-def test_shared_sample_reads_in_its_layout(shared_data: Path, name: str, file: str, layout: str, rows: int) -> None:
-    prepared = prepare_benchmark(name, shared_data / file)
+@pytest.mark.parametrize(("name", "file", "layout", "rows"), SAMPLE_QA, ids=[item[1] for item in SAMPLE_QA])
+def test_sample_sample_reads_in_its_layout(real_data: Path, name: str, file: str, layout: str, rows: int) -> None:
+    prepared = prepare_benchmark(name, real_data / file)
     assert prepared.layout == layout
     assert prepared.source_questions == len(prepared.examples) == rows
     assert len({example.id for example in prepared.examples}) == rows
     assert all(example.question.strip() for example in prepared.examples)
     assert all(gold and gold == gold.strip() for example in prepared.examples for gold in example.golden_answers)
-    first = raw_rows(shared_data / file, 1)[0]
+    first = raw_rows(real_data / file, 1)[0]
     assert prepared.examples[0].id == first.get("id", first.get("_id"))
     assert prepared.examples[0].question == first["question"].strip()
     distractor = layout in ("hotpotqa_hf", "2wiki", "musique")
@@ -93,24 +93,24 @@ def test_shared_sample_reads_in_its_layout(shared_data: Path, name: str, file: s
 
 
 @pytest.mark.parametrize("file", ["nq/nq_test1000.jsonl", "triviaqa/triviaqa_test1000.jsonl"])
-def test_flashrag_keeps_every_alias(shared_data: Path, file: str) -> None:
-    examples = load_benchmark("triviaqa", shared_data / file)
-    rows = raw_rows(shared_data / file)
+def test_flashrag_keeps_every_alias(real_data: Path, file: str) -> None:
+    examples = load_benchmark("triviaqa", real_data / file)
+    rows = raw_rows(real_data / file)
     assert [example.golden_answers for example in examples] == [row["golden_answers"] for row in rows]
     assert max(len(example.golden_answers) for example in examples) > 5  # the alias lists survive
 
 
-def test_flashrag_metadata_passes_through(shared_data: Path) -> None:
-    examples = load_benchmark("popqa", shared_data / "popqa" / "popqa_test1000.jsonl")
-    first = raw_rows(shared_data / "popqa" / "popqa_test1000.jsonl", 1)[0]
+def test_flashrag_metadata_passes_through(real_data: Path) -> None:
+    examples = load_benchmark("popqa", real_data / "popqa" / "popqa_test1000.jsonl")
+    first = raw_rows(real_data / "popqa" / "popqa_test1000.jsonl", 1)[0]
     assert examples[0] == QAExample(first["id"], first["question"], first["golden_answers"], first["metadata"])
 
 
 # --- HotpotQA ---------------------------------------------------------------------------------------------------
 
 
-def test_hotpot_corpus_and_supporting_ids(shared_data: Path, hotpot: PreparedBenchmark) -> None:
-    rows = raw_rows(shared_data / HOTPOT)
+def test_hotpot_corpus_and_supporting_ids(real_data: Path, hotpot: PreparedBenchmark) -> None:
+    rows = raw_rows(real_data / HOTPOT)
     by_id = {passage.id: passage for passage in hotpot.corpus}
     assert [passage.id for passage in hotpot.corpus] == [str(i) for i in range(len(hotpot.corpus))]
     assert len({(p.title, p.text) for p in hotpot.corpus}) == len(hotpot.corpus)  # deduplicated
@@ -135,9 +135,9 @@ def test_hotpot_corpus_and_supporting_ids(shared_data: Path, hotpot: PreparedBen
 
 
 def test_hotpot_original_list_layout_matches_the_hf_layout(
-    shared_data: Path, tmp_path: Path, hotpot: PreparedBenchmark
+    real_data: Path, tmp_path: Path, hotpot: PreparedBenchmark
 ) -> None:
-    rows = [hotpot_original(row) for row in raw_rows(shared_data / HOTPOT)]
+    rows = [hotpot_original(row) for row in raw_rows(real_data / HOTPOT)]
     path = tmp_path / "hotpot_dev_distractor_v1.json"
     path.write_text(json.dumps(rows), encoding="utf-8")
     original = prepare_benchmark("hotpotqa", path)
@@ -153,8 +153,8 @@ def test_hotpot_quote_split_sentences_join_without_space(hotpot: PreparedBenchma
     assert not any('"Kerrang! " magazine' in text for text in texts)
 
 
-def test_flashrag_with_context_in_metadata(shared_data: Path, tmp_path: Path, hotpot: PreparedBenchmark) -> None:
-    rows = raw_rows(shared_data / HOTPOT)
+def test_flashrag_with_context_in_metadata(real_data: Path, tmp_path: Path, hotpot: PreparedBenchmark) -> None:
+    rows = raw_rows(real_data / HOTPOT)
     flashrag = [
         {
             "id": row["id"],
@@ -173,9 +173,9 @@ def test_flashrag_with_context_in_metadata(shared_data: Path, tmp_path: Path, ho
 # --- 2Wiki ------------------------------------------------------------------------------------------------------
 
 
-def test_2wiki_context_corpus(shared_data: Path) -> None:
-    rows = raw_rows(shared_data / TWOWIKI)
-    prepared = prepare_benchmark("2wikimultihopqa", shared_data / TWOWIKI)
+def test_2wiki_context_corpus(real_data: Path) -> None:
+    rows = raw_rows(real_data / TWOWIKI)
+    prepared = prepare_benchmark("2wikimultihopqa", real_data / TWOWIKI)
     by_id = {passage.id: passage for passage in prepared.corpus}
     texts = {(p.title, p.text) for p in prepared.corpus}
     for row, example in zip(rows, prepared.examples, strict=True):
@@ -194,9 +194,9 @@ def test_2wiki_context_corpus(shared_data: Path) -> None:
     assert sum(p.title == "Seven Guns to Mesa" for p in prepared.corpus) == 1
 
 
-def test_2wiki_in_hf_columns_and_with_aliases(shared_data: Path, tmp_path: Path) -> None:
-    rows = raw_rows(shared_data / TWOWIKI, 10)
-    reference = prepare_benchmark("2wikimultihopqa", shared_data / TWOWIKI, limit=None)
+def test_2wiki_in_hf_columns_and_with_aliases(real_data: Path, tmp_path: Path) -> None:
+    rows = raw_rows(real_data / TWOWIKI, 10)
+    reference = prepare_benchmark("2wikimultihopqa", real_data / TWOWIKI, limit=None)
     columns = [
         {
             **row,
@@ -220,9 +220,9 @@ def test_2wiki_in_hf_columns_and_with_aliases(shared_data: Path, tmp_path: Path)
 # --- MuSiQue ----------------------------------------------------------------------------------------------------
 
 
-def test_musique_aliases_and_supporting_paragraphs(shared_data: Path) -> None:
-    rows = raw_rows(shared_data / MUSIQUE)
-    prepared = prepare_benchmark("musique", shared_data / MUSIQUE)
+def test_musique_aliases_and_supporting_paragraphs(real_data: Path) -> None:
+    rows = raw_rows(real_data / MUSIQUE)
+    prepared = prepare_benchmark("musique", real_data / MUSIQUE)
     by_id = {passage.id: passage for passage in prepared.corpus}
     assert any(row["answer_aliases"] for row in rows)
     for row, example in zip(rows, prepared.examples, strict=True):
@@ -241,8 +241,8 @@ def test_musique_aliases_and_supporting_paragraphs(shared_data: Path) -> None:
         assert "paragraphs" not in example.metadata
 
 
-def test_musique_same_title_paragraphs_stay_apart(shared_data: Path) -> None:
-    prepared = prepare_benchmark("musique", shared_data / MUSIQUE)
+def test_musique_same_title_paragraphs_stay_apart(real_data: Path) -> None:
+    prepared = prepare_benchmark("musique", real_data / MUSIQUE)
     example = next(e for e in prepared.examples if e.id == "2hop__29367_29376")
     assert example.metadata["supporting_titles"] == ["Liberal Party of Australia"]
     assert len(set(example.metadata["supporting_ids"])) == 2
@@ -251,8 +251,8 @@ def test_musique_same_title_paragraphs_stay_apart(shared_data: Path) -> None:
 # --- NQ-open ------------------------------------------------------------------------------------------------------
 
 
-def test_nq_open_layout(shared_data: Path, tmp_path: Path) -> None:
-    rows = raw_rows(shared_data / "nq" / "nq_test1000.jsonl", 50)
+def test_nq_open_layout(real_data: Path, tmp_path: Path) -> None:
+    rows = raw_rows(real_data / "nq" / "nq_test1000.jsonl", 50)
     path = write_jsonl(
         tmp_path / "NQ-open.dev.jsonl", [{"question": r["question"], "answer": r["golden_answers"]} for r in rows]
     )
@@ -278,10 +278,10 @@ def test_sample_indices_is_deterministic_sorted_and_nested() -> None:
         sample_indices(10, -1)
 
 
-def test_limit_subsamples_questions_and_their_corpus(shared_data: Path, hotpot: PreparedBenchmark) -> None:
-    first = prepare_benchmark("hotpotqa", shared_data / HOTPOT, limit=20, seed=7)
-    again = prepare_benchmark("hotpotqa", shared_data / HOTPOT, limit=20, seed=7)
-    other = prepare_benchmark("hotpotqa", shared_data / HOTPOT, limit=20, seed=8)
+def test_limit_subsamples_questions_and_their_corpus(real_data: Path, hotpot: PreparedBenchmark) -> None:
+    first = prepare_benchmark("hotpotqa", real_data / HOTPOT, limit=20, seed=7)
+    again = prepare_benchmark("hotpotqa", real_data / HOTPOT, limit=20, seed=7)
+    other = prepare_benchmark("hotpotqa", real_data / HOTPOT, limit=20, seed=8)
     assert first == again
     assert [e.id for e in first.examples] != [e.id for e in other.examples]
     order = [e.id for e in hotpot.examples]
@@ -295,8 +295,8 @@ def test_limit_subsamples_questions_and_their_corpus(shared_data: Path, hotpot: 
     assert {by_id[pid].title for e in first.examples for pid in e.metadata["supporting_ids"]} == titles
 
 
-def test_context_corpus_passes_open_domain_questions_through(shared_data: Path) -> None:
-    _, questions = read_benchmark(shared_data / "bamboogle" / "bamboogle_test125.jsonl")
+def test_context_corpus_passes_open_domain_questions_through(real_data: Path) -> None:
+    _, questions = read_benchmark(real_data / "bamboogle" / "bamboogle_test125.jsonl")
     passages, examples = context_corpus(questions)
     assert passages == []
     assert examples == [question.example for question in questions]
@@ -305,8 +305,8 @@ def test_context_corpus_passes_open_domain_questions_through(shared_data: Path) 
 # --- errors -------------------------------------------------------------------------------------------------------
 
 
-def test_missing_field_names_file_line_layout_and_field(shared_data: Path, tmp_path: Path) -> None:
-    rows = raw_rows(shared_data / HOTPOT, 3)
+def test_missing_field_names_file_line_layout_and_field(real_data: Path, tmp_path: Path) -> None:
+    rows = raw_rows(real_data / HOTPOT, 3)
     del rows[2]["answer"]
     path = write_jsonl(tmp_path / "dev.jsonl", rows)
     with pytest.raises(QAFormatError) as caught:
@@ -359,18 +359,18 @@ def test_unknown_layout_names_fields_and_known_layouts(tmp_path: Path) -> None:
     assert "\n" not in message
 
 
-def test_layout_is_detected_from_the_first_record_only(shared_data: Path, tmp_path: Path) -> None:
-    good = raw_rows(shared_data / "nq" / "nq_test1000.jsonl", 2)
+def test_layout_is_detected_from_the_first_record_only(real_data: Path, tmp_path: Path) -> None:
+    good = raw_rows(real_data / "nq" / "nq_test1000.jsonl", 2)
     path = write_jsonl(tmp_path / "qa.jsonl", [*good, {"question": "q", "answer": ["a"]}])
     with pytest.raises(QAFormatError, match=f"{path}:3: layout flashrag: missing field 'golden_answers'"):
         read_benchmark(path)
 
 
-def test_unknown_names(shared_data: Path) -> None:
+def test_unknown_names(real_data: Path) -> None:
     with pytest.raises(QAFormatError, match="unknown dataset 'hotpot'; known: nq, triviaqa"):
-        prepare_benchmark("hotpot", shared_data / HOTPOT)
+        prepare_benchmark("hotpot", real_data / HOTPOT)
     with pytest.raises(QAFormatError, match="unknown layout 'squad'"):
-        read_benchmark(shared_data / HOTPOT, "squad")
+        read_benchmark(real_data / HOTPOT, "squad")
 
 
 def test_empty_file(tmp_path: Path) -> None:
@@ -383,8 +383,8 @@ def test_empty_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("template", ["expandsearch", "search_r1"])
-def test_written_files_field_by_field(shared_data: Path, tmp_path: Path, template: str) -> None:
-    prepared = prepare_benchmark("musique", shared_data / MUSIQUE, limit=15, seed=2, split="test")
+def test_written_files_field_by_field(real_data: Path, tmp_path: Path, template: str) -> None:
+    prepared = prepare_benchmark("musique", real_data / MUSIQUE, limit=15, seed=2, split="test")
     paths = write_benchmark(prepared, tmp_path / "musique", template=template)
     assert paths == {
         "jsonl": tmp_path / "musique" / "test.jsonl",
@@ -415,25 +415,25 @@ def test_written_files_field_by_field(shared_data: Path, tmp_path: Path, templat
     assert any(len(plain(rm)["ground_truth"]["target"]) > 1 for rm in frame["reward_model"])  # aliases
 
 
-def test_open_domain_sets_write_no_corpus(shared_data: Path, tmp_path: Path) -> None:
-    prepared = prepare_benchmark("nq", shared_data / "nq" / "nq_test1000.jsonl", split="train", limit=5)
+def test_open_domain_sets_write_no_corpus(real_data: Path, tmp_path: Path) -> None:
+    prepared = prepare_benchmark("nq", real_data / "nq" / "nq_test1000.jsonl", split="train", limit=5)
     paths = write_benchmark(prepared, tmp_path / "nq")
     assert set(paths) == {"jsonl", "parquet"}
     assert not (tmp_path / "nq" / "corpus.jsonl").exists()
     assert set(pd.read_parquet(paths["parquet"])["data_source"]) == {"nq"}
 
 
-def test_a_second_split_may_not_share_a_context_corpus(shared_data: Path, tmp_path: Path) -> None:
+def test_a_second_split_may_not_share_a_context_corpus(real_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "hotpotqa"
-    write_benchmark(prepare_benchmark("hotpotqa", shared_data / HOTPOT, limit=5, split="train"), out)
-    write_benchmark(prepare_benchmark("hotpotqa", shared_data / HOTPOT, limit=6, split="train"), out)  # same split
+    write_benchmark(prepare_benchmark("hotpotqa", real_data / HOTPOT, limit=5, split="train"), out)
+    write_benchmark(prepare_benchmark("hotpotqa", real_data / HOTPOT, limit=6, split="train"), out)  # same split
     with pytest.raises(QAFormatError, match=r"train\.jsonl, whose supporting_ids index"):
-        write_benchmark(prepare_benchmark("hotpotqa", shared_data / HOTPOT, limit=5, split="test"), out)
+        write_benchmark(prepare_benchmark("hotpotqa", real_data / HOTPOT, limit=5, split="test"), out)
     assert not (out / "test.jsonl").exists()
 
 
-def test_bad_split_and_template_write_nothing(shared_data: Path, tmp_path: Path) -> None:
-    prepared = prepare_benchmark("nq", shared_data / "nq" / "nq_test1000.jsonl", limit=3)
+def test_bad_split_and_template_write_nothing(real_data: Path, tmp_path: Path) -> None:
+    prepared = prepare_benchmark("nq", real_data / "nq" / "nq_test1000.jsonl", limit=3)
     with pytest.raises(ValueError, match="cannot name a file"):
         write_benchmark(PreparedBenchmark("nq", "../x", "flashrag", prepared.examples, [], 3), tmp_path / "a")
     with pytest.raises(ValueError, match="unknown prompt template"):

@@ -1,4 +1,4 @@
-"""Tests for data_prep.corpora: the shared wiki-18 sample and 2Wiki {title,text} corpus, a DPR tsv built from
+"""Tests for data_prep.corpora: the sample wiki-18 sample and 2Wiki {title,text} corpus, a DPR tsv built from
 real passages, format detection by content, forced formats and the error paths."""
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def write_dpr_tsv(path: Path, passages: list[Passage]) -> Path:
     return path
 
 
-def test_wiki18_sample_round_trips(shared_data: Path, wiki18_passages: tuple[Passage, ...], tmp_path: Path) -> None:
-    used, count = convert_corpus(shared_data / WIKI18, tmp_path / "out.jsonl")
+def test_wiki18_sample_round_trips(real_data: Path, wiki18_passages: tuple[Passage, ...], tmp_path: Path) -> None:
+    used, count = convert_corpus(real_data / WIKI18, tmp_path / "out.jsonl")
     assert (used, count) == ("wiki18", 7923)
     assert tuple(load_passages(tmp_path / "out.jsonl")) == wiki18_passages
     first = json.loads((tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()[0])
@@ -34,10 +34,10 @@ def test_wiki18_sample_round_trips(shared_data: Path, wiki18_passages: tuple[Pas
     assert first["contents"].startswith(f'"{first["title"]}"\n')
 
 
-def test_2wiki_title_text_list(shared_data: Path, tmp_path: Path) -> None:
-    used, count = convert_corpus(shared_data / TWOWIKI_CORPUS, tmp_path / "2wiki.jsonl")
+def test_2wiki_title_text_list(real_data: Path, tmp_path: Path) -> None:
+    used, count = convert_corpus(real_data / TWOWIKI_CORPUS, tmp_path / "2wiki.jsonl")
     assert (used, count) == ("title_text", 6119)
-    records = json.loads((shared_data / TWOWIKI_CORPUS).read_text(encoding="utf-8"))
+    records = json.loads((real_data / TWOWIKI_CORPUS).read_text(encoding="utf-8"))
     passages = load_passages(tmp_path / "2wiki.jsonl")
     assert [p.id for p in passages[:3]] == ["0", "1", "2"]
     assert [(p.title, p.text) for p in passages] == [(r["title"], r["text"].strip()) for r in records]
@@ -54,11 +54,11 @@ def test_dpr_tsv_from_real_passages(wiki18_passages: tuple[Passage, ...], tmp_pa
 
 
 def test_detection_reads_content_not_suffix(
-    shared_data: Path, wiki18_passages: tuple[Passage, ...], tmp_path: Path
+    real_data: Path, wiki18_passages: tuple[Passage, ...], tmp_path: Path
 ) -> None:
     tsv_as_txt = write_dpr_tsv(tmp_path / "psgs.txt", list(wiki18_passages[:5]))
     list_as_jsonl = tmp_path / "list.jsonl"
-    records = json.loads((shared_data / TWOWIKI_CORPUS).read_text(encoding="utf-8"))[:4]
+    records = json.loads((real_data / TWOWIKI_CORPUS).read_text(encoding="utf-8"))[:4]
     list_as_jsonl.write_text(json.dumps(records, indent=1), encoding="utf-8")
     assert detect_corpus_format(tsv_as_txt) == "dpr_tsv"
     assert detect_corpus_format(list_as_jsonl) == "title_text"
@@ -79,9 +79,9 @@ def test_forced_formats_on_any_file_name(wiki18_passages: tuple[Passage, ...], t
     assert [p.text for p in iter_corpus(lines, "wiki18")] == [p.text for p in wiki18_passages[:3]]
 
 
-def test_forced_wrong_format_fails_clearly(shared_data: Path, tmp_path: Path) -> None:
+def test_forced_wrong_format_fails_clearly(real_data: Path, tmp_path: Path) -> None:
     with pytest.raises(CorpusFormatError, match="DPR header"):
-        convert_corpus(shared_data / WIKI18, tmp_path / "out.jsonl", "dpr_tsv")
+        convert_corpus(real_data / WIKI18, tmp_path / "out.jsonl", "dpr_tsv")
     assert not (tmp_path / "out.jsonl").exists()  # nothing half-written is left
 
 
@@ -107,21 +107,21 @@ def test_header_only_tsv_and_empty_list_are_empty(tmp_path: Path) -> None:
         assert not (tmp_path / "out.jsonl").exists()
 
 
-def test_bad_record_names_the_line(shared_data: Path, tmp_path: Path) -> None:
-    lines = (shared_data / WIKI18).read_text(encoding="utf-8").splitlines()[:3]
+def test_bad_record_names_the_line(real_data: Path, tmp_path: Path) -> None:
+    lines = (real_data / WIKI18).read_text(encoding="utf-8").splitlines()[:3]
     path = tmp_path / "corpus.jsonl"
     path.write_text("\n".join([*lines, json.dumps({"id": "x", "title": "no body"})]) + "\n", encoding="utf-8")
     with pytest.raises(CorpusFormatError, match=f"{path}:4: .*'contents' or 'text'"):
         convert_corpus(path, tmp_path / "out.jsonl")
 
 
-def test_missing_input_unknown_format_and_self_overwrite(shared_data: Path, tmp_path: Path) -> None:
+def test_missing_input_unknown_format_and_self_overwrite(real_data: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="corpus file not found"):
         convert_corpus(tmp_path / "absent.tsv", tmp_path / "out.jsonl")
     with pytest.raises(CorpusFormatError, match="unknown corpus format 'xml'"):
-        convert_corpus(shared_data / WIKI18, tmp_path / "out.jsonl", "xml")
+        convert_corpus(real_data / WIKI18, tmp_path / "out.jsonl", "xml")
     copy = tmp_path / "copy.jsonl"
-    copy.write_text((shared_data / WIKI18).read_text(encoding="utf-8")[:5000].rsplit("\n", 1)[0] + "\n")
+    copy.write_text((real_data / WIKI18).read_text(encoding="utf-8")[:5000].rsplit("\n", 1)[0] + "\n")
     with pytest.raises(CorpusFormatError, match="overwrite the input"):
         convert_corpus(copy, copy)
 

@@ -60,8 +60,8 @@ def test_read_qa_jsonl_defaults_and_coercion(tmp_path: Path) -> None:
     ]
 
 
-def test_read_qa_jsonl_shared_nq(shared_data: Path) -> None:
-    path = shared_data / "nq" / "nq_test1000.jsonl"
+def test_read_qa_jsonl_sample_nq(real_data: Path) -> None:
+    path = real_data / "nq" / "nq_test1000.jsonl"
     examples = read_qa_jsonl(path)
     assert len(examples) == 1000
     assert all(example.golden_answers for example in examples)
@@ -171,8 +171,8 @@ def test_verl_parquet_unknown_template(tmp_path: Path) -> None:
         write_verl_parquet(EXAMPLES, tmp_path / "x.parquet", data_source="nq", split="train", template="nope")
 
 
-def test_verl_parquet_from_shared_nq(shared_data: Path, tmp_path: Path) -> None:
-    examples = read_qa_jsonl(shared_data / "nq" / "nq_test1000.jsonl")[:50]
+def test_verl_parquet_from_sample_nq(real_data: Path, tmp_path: Path) -> None:
+    examples = read_qa_jsonl(real_data / "nq" / "nq_test1000.jsonl")[:50]
     path = tmp_path / "nq.parquet"
     write_verl_parquet(examples, path, data_source="nq", split="test")
     frame = pd.read_parquet(path)

@@ -1,6 +1,6 @@
 """Tests for data_prep.qa_sources: records out of jsonl, JSON lists, parquet and Hugging Face dataset directories.
 
-The real shared samples are read as they are; altered copies (other containers, broken lines) live in tmp dirs.
+The real samples are read as they are; altered copies (other containers, broken lines) live in tmp dirs.
 Hub names are tested through the console script with HF_HUB_OFFLINE=1 (tests/expandsearch/test_prepare_cli.py),
 because the hub's offline switch is read when ``datasets`` is first imported.
 """
@@ -32,24 +32,24 @@ QA_FILES = [
 
 
 @pytest.fixture(scope="module")
-def hotpot_rows(shared_data: Path) -> list[dict[str, Any]]:
-    return raw_rows(shared_data / "hotpotqa" / "hotpotqa_distractor_dev300.jsonl", 12)
+def hotpot_rows(real_data: Path) -> list[dict[str, Any]]:
+    return raw_rows(real_data / "hotpotqa" / "hotpotqa_distractor_dev300.jsonl", 12)
 
 
 # --- files ------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", QA_FILES)
-def test_every_shared_qa_file_reads_record_for_record(shared_data: Path, name: str) -> None:
-    path = shared_data / name
+def test_every_sample_qa_file_reads_record_for_record(real_data: Path, name: str) -> None:
+    path = real_data / name
     records = read_source(path)
     assert [record.fields for record in records] == raw_rows(path)
     assert records[0].where == f"{path}:1"
     assert records[-1].where == f"{path}:{len(records)}"
 
 
-def test_json_list_names_records_by_position(shared_data: Path, tmp_path: Path) -> None:
-    rows = raw_rows(shared_data / "2wikimultihopqa" / "2wiki_dev_with_context80.jsonl", 5)
+def test_json_list_names_records_by_position(real_data: Path, tmp_path: Path) -> None:
+    rows = raw_rows(real_data / "2wikimultihopqa" / "2wiki_dev_with_context80.jsonl", 5)
     path = tmp_path / "dev.json"
     path.write_text(json.dumps(rows, indent=2), encoding="utf-8")
     records = read_source(path)
@@ -107,8 +107,8 @@ def test_directory_of_parquet_files(hotpot_rows: list[dict[str, Any]], tmp_path:
     assert [r.fields for r in read_source(tmp_path / "hotpot_qa", split="train")] == hotpot_rows[6:]
 
 
-def test_directory_of_flashrag_jsonl_files(shared_data: Path, tmp_path: Path) -> None:
-    rows = raw_rows(shared_data / "popqa" / "popqa_test1000.jsonl", 9)
+def test_directory_of_flashrag_jsonl_files(real_data: Path, tmp_path: Path) -> None:
+    rows = raw_rows(real_data / "popqa" / "popqa_test1000.jsonl", 9)
     folder = tmp_path / "popqa"
     folder.mkdir()
     for name, part in (("dev", rows[:4]), ("test", rows[4:])):

@@ -17,12 +17,12 @@ def row_keys(frame: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def splits(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def splits(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """``prepare qa`` output directories of real NQ and HotpotQA questions, as split ``train``."""
     root = tmp_path_factory.mktemp("splits")
     sources = {"nq": "nq/nq_test1000.jsonl", "hotpotqa": "hotpotqa/hotpotqa_distractor_dev300.jsonl"}
     for name, file in sources.items():
-        prepared = prepare_benchmark(name, shared_data / file, split="train", limit=60, seed=1)
+        prepared = prepare_benchmark(name, real_data / file, split="train", limit=60, seed=1)
         write_benchmark(prepared, root / name)
     return {name: root / name for name in sources}
 
@@ -66,7 +66,7 @@ def test_parse_sizes() -> None:
         parse_sizes("1,-2", 2)
 
 
-def test_mix_errors(splits: dict[str, Path], shared_data: Path, tmp_path: Path) -> None:
+def test_mix_errors(splits: dict[str, Path], real_data: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="has 60 rows; the mix asks for 61"):
         build_mix([splits["nq"]], tmp_path / "x.parquet", sizes=[61])
     with pytest.raises(FileNotFoundError, match=r"no test\.parquet \(parquet files there: train\.parquet\)"):

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from data_prep.samples import samples_dir
 from eval.datasets import DatasetSpec, EvalDataset
 from eval.regress import (
     Check,
@@ -43,7 +44,7 @@ conditions:
       results.world.recall@3: 0.5
       results.world.n: {value: 216, tolerance: 0}
   - name: second
-    command: expandsearch eval-retrieval --data "{shared}/a b/nq" --index {work}/idx --out {out}
+    command: expandsearch eval-retrieval --data "{samples}/a b/nq" --index {work}/idx --out {out}
     expected:
       results.nq.answer_in_passages@3: 0.25
 """
@@ -71,11 +72,11 @@ def test_a_valid_file_loads_with_defaults_and_inherited_tolerances(tmp_path: Pat
 
 def test_commands_are_split_like_a_shell_and_filled_word_by_word(tmp_path: Path) -> None:
     item = select_conditions([write(tmp_path, VALID)], only=["second"])[0]
-    settings = RunSettings(tmp_path / "work dir", Path("/data/shared"))
+    settings = RunSettings(tmp_path / "work dir", Path("/data/samples"))
     argv = render_command(item.condition.command, settings.values("second"))
     assert Path(argv[0]).name == "expandsearch" or argv[1:3] == ["-m", "expandsearch"]
     words = argv[argv.index("eval-retrieval") :]
-    assert words[1:3] == ["--data", "/data/shared/a b/nq"]  # quoted: one argument with its space
+    assert words[1:3] == ["--data", "/data/samples/a b/nq"]  # quoted: one argument with its space
     assert words[-1] == str(tmp_path / "work dir" / "runs" / "second")
 
 
@@ -110,10 +111,17 @@ def test_schema_errors_name_the_file_and_the_field(tmp_path: Path, edit: Any, me
 
 
 def test_relative_creates_and_results_paths_are_in_the_work_folder(tmp_path: Path) -> None:
-    settings = RunSettings(tmp_path / "work", Path("/data/shared"))
+    settings = RunSettings(tmp_path / "work", Path("/data/samples"))
     assert settings.path("data/world/test.jsonl", "c") == tmp_path / "work" / "data" / "world" / "test.jsonl"
     assert settings.path("{out}/results.json", "c") == tmp_path / "work" / "runs" / "c" / "results.json"
-    assert settings.path("{shared}/nq", "c") == Path("/data/shared/nq")
+    assert settings.path("{samples}/nq", "c") == Path("/data/samples/nq")
+
+
+def test_the_old_shared_placeholder_still_names_the_samples(tmp_path: Path) -> None:
+    # regression files written before the samples moved into the repository say {shared}
+    item = select_conditions([write(tmp_path, VALID.replace("{samples}", "{shared}"))], only=["second"])[0]
+    argv = render_command(item.condition.command, RunSettings(tmp_path, Path("/data/samples")).values("second"))
+    assert argv[argv.index("--data") + 1] == "/data/samples/a b/nq"
 
 
 @pytest.mark.parametrize(
@@ -214,3 +222,16 @@ def test_every_shipped_file_validates_and_the_slow_sets_are_not_default() -> Non
         for path, expected in item.condition.expected.items():
             assert expected.value > 0, f"{item.name}: {path} was never measured"  # no placeholder left
             assert item.tolerance(expected) <= 0.005, f"{item.name}: {path}: retrieval is deterministic, keep it tight"
+
+
+def test_every_sample_the_shipped_files_read_is_in_the_samples_folder(tmp_path: Path) -> None:
+    # the samples ship inside the repository: a file dropped from data_prep/sample_data must fail here, not an hour
+    # into `expandsearch regress`
+    settings = RunSettings(tmp_path, samples_dir())
+    named = set()
+    for item in select_conditions(shipped_files()):
+        values = settings.values(item.name)
+        for step in item.condition.setup:
+            named |= {word.format_map(values) for word in step.run.split() if "{samples}" in word}
+    assert len(named) >= 8  # hotpotqa, 2wiki, musique, nq, triviaqa, popqa, bamboogle, wiki-18
+    assert [path for path in sorted(named) if not Path(path).exists()] == []

@@ -1,6 +1,6 @@
 """Retrieval-only evaluation: metrics on hand-made hits, data resolution, ``expandsearch eval-retrieval`` end to end.
 
-The end-to-end tests prepare a 20-question slice of the shared HotpotQA file with ``data_prep`` (questions plus
+The end-to-end tests prepare a 20-question slice of the sample HotpotQA file with ``data_prep`` (questions plus
 their context corpus), build a real BM25 index over it, and run the console script in a subprocess; NQ questions
 against the same index have no supporting passages, so their recall must be absent, not 0.
 """
@@ -159,10 +159,10 @@ def test_resolve_data_forms(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def hotpot_slice(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def hotpot_slice(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``prepare qa`` output for 20 HotpotQA questions: ``dev.jsonl`` + their context ``corpus.jsonl``."""
     prepared = prepare_benchmark(
-        "hotpotqa", shared_data / "hotpotqa" / "hotpotqa_distractor_dev300.jsonl", split="dev", limit=20
+        "hotpotqa", real_data / "hotpotqa" / "hotpotqa_distractor_dev300.jsonl", split="dev", limit=20
     )
     out = tmp_path_factory.mktemp("retrieval") / "hotpotqa"
     write_benchmark(prepared, out)
@@ -170,10 +170,10 @@ def hotpot_slice(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
-def nq_slice(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def nq_slice(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("retrieval") / "nq" / "test.jsonl"
     out.parent.mkdir()
-    lines = (shared_data / "nq" / "nq_test1000.jsonl").read_text(encoding="utf-8").splitlines()[:10]
+    lines = (real_data / "nq" / "nq_test1000.jsonl").read_text(encoding="utf-8").splitlines()[:10]
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out
 

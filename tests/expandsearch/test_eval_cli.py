@@ -164,9 +164,9 @@ def test_setup_errors_are_one_line_before_the_model_loads(
 
 
 @pytest.fixture(scope="module")
-def wiki18_index(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def wiki18_index(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("eval_wiki18")
-    build_index(shared_data / "wiki18_sample" / "wiki18_passages7923.jsonl", "bm25", folder / "index", progress=False)
+    build_index(real_data / "wiki18_sample" / "wiki18_passages7923.jsonl", "bm25", folder / "index", progress=False)
     return folder / "index"
 
 
@@ -187,10 +187,10 @@ def served_wiki18(wiki18_index: Path) -> Iterator[str]:
 
 @pytest.mark.slow
 def test_flashrag_nq_against_a_retriever_server_over_the_wiki18_sample(
-    tiny_policy_dir: Path, shared_data: Path, served_wiki18: str, tmp_path: Path
+    tiny_policy_dir: Path, real_data: Path, served_wiki18: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    nq = shared_data / "nq" / "nq_test1000.jsonl"
+    nq = real_data / "nq" / "nq_test1000.jsonl"
     args = quick(tiny_policy_dir, "--datasets", f"nq={nq}", "--retriever-url", served_wiki18, "--out", out)
     result = evaluate(*args, "--methods", "direct,rag", "--squeezer", "none", "--limit", "3")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -209,10 +209,10 @@ def test_flashrag_nq_against_a_retriever_server_over_the_wiki18_sample(
 
 @pytest.mark.slow
 def test_a_prepared_distractor_set_measures_supporting_passage_recall(
-    tiny_policy_dir: Path, shared_data: Path, tmp_path: Path
+    tiny_policy_dir: Path, real_data: Path, tmp_path: Path
 ) -> None:
     """``expandsearch prepare qa`` (HotpotQA, dev split only), its context corpus indexed, eval falling back to dev."""
-    source = shared_data / "hotpotqa" / "hotpotqa_distractor_dev300.jsonl"
+    source = real_data / "hotpotqa" / "hotpotqa_distractor_dev300.jsonl"
     folder = tmp_path / "data" / "hotpotqa"
     prepared = run_expandsearch(
         "prepare", "qa", "--dataset", "hotpotqa", "--input", source, "--out", folder, "--split", "dev", "--limit", "10"

@@ -1,6 +1,6 @@
 """Tests for ``expandsearch prepare {qa,corpus,mix}`` through the installed console script, in a subprocess.
 
-Every shared QA sample goes through ``prepare qa`` and is read back (jsonl, parquet field by field, corpus);
+Every real QA sample goes through ``prepare qa`` and is read back (jsonl, parquet field by field, corpus);
 the error paths check exit status 2 with one line naming the file, the record and the field.
 """
 
@@ -23,7 +23,7 @@ from data_prep.formats import ABILITY, VERL_COLUMNS, read_qa_jsonl
 from expandsearch.commands import prepare
 from retriever_server.corpus import load_passages
 
-SHARED_QA = [
+SAMPLE_QA = [
     ("nq", "nq/nq_test1000.jsonl", 1000),
     ("triviaqa", "triviaqa/triviaqa_test1000.jsonl", 1000),
     ("popqa", "popqa/popqa_test1000.jsonl", 1000),
@@ -73,19 +73,19 @@ def test_cli_choices_match_the_library() -> None:
     assert tuple(CORPUS_FORMATS) == prepare.CORPUS_FORMAT_CHOICES[1:]
 
 
-# --- prepare qa on every shared sample -------------------------------------------------------------------------------
+# --- prepare qa on every real sample -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "file", "rows"), SHARED_QA, ids=[item[1] for item in SHARED_QA])
-def test_prepare_qa_on_every_shared_sample(shared_data: Path, tmp_path: Path, name: str, file: str, rows: int) -> None:
+@pytest.mark.parametrize(("name", "file", "rows"), SAMPLE_QA, ids=[item[1] for item in SAMPLE_QA])
+def test_prepare_qa_on_every_sample(real_data: Path, tmp_path: Path, name: str, file: str, rows: int) -> None:
     out = tmp_path / name
-    result = expandsearch("prepare", "qa", "--dataset", name, "--input", shared_data / file, "--out", out)
+    result = expandsearch("prepare", "qa", "--dataset", name, "--input", real_data / file, "--out", out)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("\n") == 1
     assert result.stdout.startswith(f"{name} test: {rows} questions")
     assert str(out) in result.stdout
     examples = read_qa_jsonl(out / "test.jsonl")
-    assert examples == prepare_benchmark(name, shared_data / file).examples
+    assert examples == prepare_benchmark(name, real_data / file).examples
     frame = pd.read_parquet(out / "test.parquet")
     assert list(frame.columns) == list(VERL_COLUMNS)
     assert len(frame) == rows
@@ -111,8 +111,8 @@ def test_prepare_qa_on_every_shared_sample(shared_data: Path, tmp_path: Path, na
             assert example.metadata["supporting_titles"]
 
 
-def test_prepare_qa_limit_seed_and_template(shared_data: Path, tmp_path: Path) -> None:
-    source = shared_data / "hotpotqa" / "hotpotqa_distractor_dev300.jsonl"
+def test_prepare_qa_limit_seed_and_template(real_data: Path, tmp_path: Path) -> None:
+    source = real_data / "hotpotqa" / "hotpotqa_distractor_dev300.jsonl"
     args = ("prepare", "qa", "--dataset", "hotpotqa", "--input", source, "--limit", "25", "--seed", "4")
     first = expandsearch(*args, "--out", tmp_path / "a", "--split", "dev", "--template", "search_r1")
     again = expandsearch(*args, "--out", tmp_path / "b", "--split", "dev", "--template", "search_r1")
@@ -125,10 +125,10 @@ def test_prepare_qa_limit_seed_and_template(shared_data: Path, tmp_path: Path) -
     assert {extra["split"] for extra in frame["extra_info"]} == {"dev"}
 
 
-def test_prepare_qa_from_a_hf_dataset_dir(shared_data: Path, tmp_path: Path) -> None:
+def test_prepare_qa_from_a_hf_dataset_dir(real_data: Path, tmp_path: Path) -> None:
     import datasets
 
-    lines = (shared_data / "hotpotqa" / "hotpotqa_distractor_dev300.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = (real_data / "hotpotqa" / "hotpotqa_distractor_dev300.jsonl").read_text(encoding="utf-8").splitlines()
     rows = [json.loads(line) for line in lines[:30]]
     datasets.DatasetDict({"validation": datasets.Dataset.from_list(rows)}).save_to_disk(tmp_path / "hotpot_qa")
     result = expandsearch(
@@ -143,24 +143,24 @@ def test_prepare_qa_from_a_hf_dataset_dir(shared_data: Path, tmp_path: Path) -> 
 # --- prepare corpus and mix -------------------------------------------------------------------------------------------
 
 
-def test_prepare_corpus(shared_data: Path, tmp_path: Path) -> None:
-    source = shared_data / "2wikimultihopqa" / "2wiki_corpus6119.json"
+def test_prepare_corpus(real_data: Path, tmp_path: Path) -> None:
+    source = real_data / "2wikimultihopqa" / "2wiki_corpus6119.json"
     result = expandsearch("prepare", "corpus", "--input", source, "--out", tmp_path / "c" / "2wiki.jsonl")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"corpus: 6119 passages (title_text) written to {tmp_path / 'c' / '2wiki.jsonl'}"
     assert len(load_passages(tmp_path / "c" / "2wiki.jsonl")) == 6119
     forced = expandsearch(
-        "prepare", "corpus", "--input", shared_data / "wiki18_sample" / "wiki18_passages7923.jsonl",
+        "prepare", "corpus", "--input", real_data / "wiki18_sample" / "wiki18_passages7923.jsonl",
         "--out", tmp_path / "w.jsonl", "--format", "wiki18",
     )  # fmt: skip
     assert forced.returncode == 0, forced.stderr
     assert "7923 passages (wiki18)" in forced.stdout
 
 
-def test_prepare_mix(shared_data: Path, tmp_path: Path) -> None:
+def test_prepare_mix(real_data: Path, tmp_path: Path) -> None:
     for name, file in (("nq", "nq/nq_test1000.jsonl"), ("hotpotqa", "hotpotqa/hotpotqa_distractor_dev300.jsonl")):
         result = expandsearch(
-            "prepare", "qa", "--dataset", name, "--input", shared_data / file, "--out", tmp_path / name,
+            "prepare", "qa", "--dataset", name, "--input", real_data / file, "--out", tmp_path / name,
             "--split", "train", "--limit", "50",
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
@@ -181,8 +181,8 @@ def test_prepare_mix(shared_data: Path, tmp_path: Path) -> None:
 # --- errors ---------------------------------------------------------------------------------------------------------
 
 
-def test_missing_field_names_file_line_and_field(shared_data: Path, tmp_path: Path) -> None:
-    lines = (shared_data / "musique" / "musique_ans_dev100.jsonl").read_text(encoding="utf-8").splitlines()[:4]
+def test_missing_field_names_file_line_and_field(real_data: Path, tmp_path: Path) -> None:
+    lines = (real_data / "musique" / "musique_ans_dev100.jsonl").read_text(encoding="utf-8").splitlines()[:4]
     broken = json.loads(lines[3])
     del broken["answer"]
     path = tmp_path / "musique.jsonl"
@@ -217,8 +217,8 @@ def test_offline_hub_name_is_one_line(tmp_path: Path) -> None:
     assert_user_error(result, "hotpotqa/hotpot_qa:distractor", "hub", "HF_HUB_OFFLINE")
 
 
-def test_other_user_errors(shared_data: Path, tmp_path: Path) -> None:
-    nq = shared_data / "nq" / "nq_test1000.jsonl"
+def test_other_user_errors(real_data: Path, tmp_path: Path) -> None:
+    nq = real_data / "nq" / "nq_test1000.jsonl"
     assert_user_error(
         expandsearch("prepare", "qa", "--dataset", "hotpot", "--input", nq, "--out", tmp_path / "o"),
         "unknown dataset 'hotpot'",

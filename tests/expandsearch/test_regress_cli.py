@@ -159,8 +159,8 @@ def test_list_and_a_file_without_conditions(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_shipped_condition_reproduces(shared_data: Path, tmp_path: Path) -> None:
-    result = regress("--only", "2wiki-bm25", "--work", tmp_path, "--shared", shared_data)
+def test_a_shipped_condition_reproduces(real_data: Path, tmp_path: Path) -> None:
+    result = regress("--only", "2wiki-bm25", "--work", tmp_path, "--samples", real_data)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("OK   2wiki-bm25") == 7
     assert "1 of 1 conditions OK" in result.stdout

@@ -140,8 +140,8 @@ def test_passage_contents_and_to_wiki18() -> None:
 # --- real data --------------------------------------------------------------------------------------------------
 
 
-def test_shared_wiki18_sample(shared_data: Path) -> None:
-    path = shared_data / "wiki18_sample" / "wiki18_passages7923.jsonl"
+def test_sample_wiki18_sample(real_data: Path) -> None:
+    path = real_data / "wiki18_sample" / "wiki18_passages7923.jsonl"
     passages = load_passages(path)
     assert len(passages) == 7923
     assert len({passage.id for passage in passages}) == 7923
@@ -158,8 +158,8 @@ def test_shared_wiki18_sample(shared_data: Path) -> None:
     assert '""Voyager 2""' in first.text
 
 
-def test_shared_2wiki_json_corpus(shared_data: Path) -> None:
-    path = shared_data / "2wikimultihopqa" / "2wiki_corpus6119.json"
+def test_sample_2wiki_json_corpus(real_data: Path) -> None:
+    path = real_data / "2wikimultihopqa" / "2wiki_corpus6119.json"
     passages = load_passages(path)
     assert len(passages) == 6119
     raw = json.loads(path.read_text(encoding="utf-8"))
@@ -294,7 +294,7 @@ def test_write_wiki18_jsonl_round_trip(tmp_path: Path) -> None:
     assert "Zürich" in lines[2]  # written as UTF-8, not \u escapes
 
 
-def test_round_trip_of_shared_sample_slice(wiki18_passages: tuple[Passage, ...], tmp_path: Path) -> None:
+def test_round_trip_of_a_sample_slice(wiki18_passages: tuple[Passage, ...], tmp_path: Path) -> None:
     passages = list(wiki18_passages[:300])
     path = tmp_path / "slice.jsonl"
     write_wiki18_jsonl(passages, path)

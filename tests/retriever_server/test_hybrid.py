@@ -36,8 +36,8 @@ def benchmark() -> ModuleType:
 
 
 @pytest.fixture(scope="module")
-def hotpot(shared_data: Path, benchmark: ModuleType) -> tuple[list, list]:
-    return benchmark.load_hotpot(shared_data / "hotpotqa", QUESTIONS)
+def hotpot(real_data: Path, benchmark: ModuleType) -> tuple[list, list]:
+    return benchmark.load_hotpot(real_data / "hotpotqa", QUESTIONS)
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +162,8 @@ def test_recall_floors_30_questions(
 
 
 @pytest.mark.slow
-def test_recall_floors_all_600_questions(shared_data: Path, benchmark: ModuleType, tmp_path: Path) -> None:
+def test_recall_floors_all_600_questions(real_data: Path, benchmark: ModuleType, tmp_path: Path) -> None:
     # encodes ~6k passages: several minutes on two CPU cores
-    passages, questions = benchmark.load_hotpot(shared_data / "hotpotqa")
+    passages, questions = benchmark.load_hotpot(real_data / "hotpotqa")
     assert len(questions) == 600
     assert_floors(FULL_FLOORS, benchmark.build_retrievers(passages, tmp_path), questions, benchmark)

@@ -51,7 +51,7 @@ def test_rows_keeps_the_requested_order(store: PassageStore, wiki_passages: list
 
 
 def test_row_of_finds_every_id(store: PassageStore, wiki_passages: list[Passage]) -> None:
-    # the shared sample's ids ("trace0", …) are not row numbers, so this exercises the id map
+    # the sample's ids ("trace0", …) are not row numbers, so this exercises the id map
     assert all(store.row_of(passage.id) == row for row, passage in enumerate(wiki_passages))
     with pytest.raises(KeyError, match="no passage with id"):
         store.row_of("not-an-id")
@@ -106,8 +106,8 @@ def test_open_rejects_other_files(tmp_path: Path) -> None:
         PassageStore.open(tmp_path / "missing.arrow")
 
 
-def test_store_from_a_json_list(shared_data: Path, tmp_path: Path) -> None:
-    records = json.loads((shared_data / "2wikimultihopqa" / "2wiki_corpus6119.json").read_text())[:50]
+def test_store_from_a_json_list(real_data: Path, tmp_path: Path) -> None:
+    records = json.loads((real_data / "2wikimultihopqa" / "2wiki_corpus6119.json").read_text())[:50]
     (tmp_path / "corpus.json").write_text(json.dumps(records))
     store = PassageStore.build(tmp_path / "corpus.json", tmp_path / "s.arrow")
     assert len(store) == 50
