@@ -32,14 +32,18 @@ class BM25Index(BatchRetriever):
         self._stemmer = _make_stemmer(language)
 
     @classmethod
-    def build(cls, passages: Sequence[Passage], *, language: str = "english") -> BM25Index:
+    def build(
+        cls, passages: Sequence[Passage], *, language: str = "english", k1: float = 1.5, b: float = 0.75
+    ) -> BM25Index:
+        """Index ``passages``; ``k1`` / ``b`` are BM25's (bm25s' defaults; Lucene/BEIR anchors use 0.9 / 0.4).
+        bm25s scores at index time, so they are fixed here and saved with the index."""
         import bm25s
 
         if not passages:
             raise ValueError("cannot index an empty corpus")
         texts = [f"{passage.title}\n{passage.text}" for passage in passages]
         tokens = bm25s.tokenize(texts, stopwords="en", stemmer=_make_stemmer(language), show_progress=False)
-        retriever = bm25s.BM25(backend="numba")
+        retriever = bm25s.BM25(k1=k1, b=b, backend="numba")
         retriever.index(tokens, show_progress=False)
         return cls(passages, retriever, language=language)
 

@@ -57,6 +57,8 @@ def build_index(
     device: str | None = None,
     language: str = "english",
     progress: bool = True,
+    bm25_k1: float = 1.5,
+    bm25_b: float = 0.75,
 ) -> dict[str, Any]:
     """Build an index directory of ``kind`` over a corpus file; returns the manifest written."""
     if kind not in INDEX_KINDS:
@@ -78,8 +80,8 @@ def build_index(
         "store": STORE_FILE,
     }
     if kind in ("bm25", "hybrid"):
-        BM25Index.build(store, language=language).save(out / BM25_DIR, with_corpus=False)
-        manifest["bm25"] = {"language": language, "library": "bm25s"}
+        BM25Index.build(store, language=language, k1=bm25_k1, b=bm25_b).save(out / BM25_DIR, with_corpus=False)
+        manifest["bm25"] = {"language": language, "library": "bm25s", "k1": bm25_k1, "b": bm25_b}
     if kind in ("dense", "hybrid"):
         model = encoder_for(encoder, device=device, batch_size=batch_size)
         dense = DenseIndex.build(
