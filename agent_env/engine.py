@@ -6,7 +6,9 @@ back ``Generation(token_ids, logprobs, stop_reason)``: tokens in, tokens out, th
 
 - :class:`TransformersEngine` (here): a transformers model behind an :class:`~agent_env.batching.AsyncBatcher`.
   Requests from concurrent episodes are coalesced into one left-padded batch decoded with a KV cache; each row
-  keeps its own stop strings, max new tokens, temperature and top-p, and rows that finish leave the batch.
+  keeps its own stop strings, max new tokens, temperature and top-p, and rows that finish leave the batch. A
+  finished row's KV is kept (:mod:`agent_env.prefix_cache`), so an episode's next turn, whose ids extend this
+  turn's, prefills only the new tokens (the sampled turn and the observation), not the whole context again.
 - ``agent_env.vllm_engine`` (vLLM in-process) and ``agent_env.openai_compat`` (any OpenAI-compatible
   completions endpoint: vLLM, SGLang, or ``expandsearch serve-llm``, called with token ids).
 
@@ -22,11 +24,14 @@ import inspect
 import math
 import operator
 import threading
+import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from agent_env.batching import AsyncBatcher, BatchStats
+from agent_env.prefix_cache import CacheEntry, PrefixCache
 from agent_env.protocol import STOP_STRINGS
 
 if TYPE_CHECKING:
@@ -128,6 +133,48 @@ class _Row:
     stop_reason: StopReason | None = None
     generator: torch.Generator | None = None
     """The request's own sampler when it has a seed; else the engine's shared one is used."""
+    cached: CacheEntry | None = None
+    """The prefix-cache entry whose KV serves the first ``reused`` prompt tokens."""
+    reused: int = 0
+
+    @property
+    def suffix(self) -> list[int]:
+        """The prompt tokens this row prefills."""
+        return self.prompt_ids[self.reused :]
+
+
+DEFAULT_PREFIX_CACHE_BYTES = 1 << 30
+"""The prefix cache's default budget: 1 GiB holds ~23k tokens of SmolLM2-135M's float32 KV (46 KB a token),
+e.g. 32 episodes of 700 tokens."""
+
+
+@dataclass
+class PrefillStats:
+    """What the engine prefilled and how long it took, summed over batches (for benchmarks and metrics)."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    """Tokens of all requests' prompts."""
+    reused_tokens: int = 0
+    """Prompt tokens whose KV came from the prefix cache."""
+    prefilled_tokens: int = 0
+    """Prompt tokens run through the model (``prompt_tokens - reused_tokens``)."""
+    prefill_s: float = 0.0
+    """Wall time of the batches' first step (the prefill and the first sampled token)."""
+    decode_s: float = 0.0
+    """Wall time of the other steps (one token per row each)."""
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One decoded batch: its rows' prompt sizes and the time of its prefill step."""
+
+    rows: int
+    prompt_tokens: int
+    reused_tokens: int
+    prefilled_tokens: int
+    prefill_s: float
+    decode_s: float
 
 
 class TransformersEngine:
@@ -135,6 +182,12 @@ class TransformersEngine:
 
     Construct it from a loaded model and tokenizer, or with :meth:`from_pretrained` (a model directory, a
     ``.gguf`` file, or a packaged model name; see :mod:`agent_env.models`). Use it from one event loop at a time.
+
+    ``prefix_cache`` (on by default) keeps finished rows' KV within ``prefix_cache_bytes`` for later requests that
+    share their prefix. The cached KV is the current weights': after changing them, call :meth:`clear_cache`
+    (the engine also drops the cache by itself when it sees that a parameter was modified in place, as an
+    optimizer step or ``load_state_dict`` does). Models whose cache is not plain full attention (sliding-window
+    layers) run without it.
     """
 
     def __init__(
@@ -146,6 +199,8 @@ class TransformersEngine:
         max_wait_s: float = 0.0,
         seed: int = 0,
         extra_stop_token_ids: Sequence[int] = (),
+        prefix_cache: bool = True,
+        prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
     ) -> None:
         import torch
 
@@ -165,6 +220,11 @@ class TransformersEngine:
         self._batcher: AsyncBatcher[_Row, Generation] = AsyncBatcher(
             self._generate_batch_in_thread, max_batch_size=max_batch_size, max_wait_s=max_wait_s
         )
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache and _plain_kv_cache(model) else None
+        self._weights_version = _weights_version(model)
+        self.prefill_stats = PrefillStats()
+        self.batch_log: deque[BatchRecord] = deque(maxlen=4096)
+        """The most recent batches (bounded: a long training run decodes millions)."""
 
     @classmethod
     def from_pretrained(
@@ -182,6 +242,23 @@ class TransformersEngine:
     @property
     def batch_stats(self) -> BatchStats:
         return self._batcher.stats
+
+    def clear_cache(self) -> None:
+        """Drop the prefix cache: its KV was computed with the weights as they were (call after every update)."""
+        with self._lock:
+            self._drop_cache()
+
+    def _drop_cache(self) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+        self._weights_version = _weights_version(self.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to sample as this engine would have: its shared generator's state."""
+        return {"generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._generator.set_state(state["generator"])
 
     async def generate(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> Generation:
         # Validated here, not in the batch, so one bad request cannot fail the other episodes batched with it.
@@ -216,8 +293,40 @@ class TransformersEngine:
         import torch
 
         with self._lock, torch.inference_mode():
-            _BatchDecoder(self, rows).run()
+            self._attach_cached_prefixes(rows)
+            decoder = _BatchDecoder(self, rows)
+            decoder.run()
+            self._record(rows, decoder)
         return [Generation(row.token_ids, row.logprobs, row.stop_reason or "length") for row in rows]
+
+    def _attach_cached_prefixes(self, rows: list[_Row]) -> None:
+        if self.prefix_cache is None:
+            return
+        if _weights_version(self.model) != self._weights_version:
+            self._drop_cache()  # updated in place since the cache was filled: its KV is stale
+        for row in rows:
+            # At least the last prompt token is fed: its logits give the first sampled token.
+            row.cached, row.reused = self.prefix_cache.lookup(row.prompt_ids, limit=len(row.prompt_ids) - 1)
+
+    def _record(self, rows: list[_Row], decoder: _BatchDecoder) -> None:
+        prompt = sum(len(row.prompt_ids) for row in rows)
+        reused = sum(row.reused for row in rows)
+        record = BatchRecord(len(rows), prompt, reused, prompt - reused, decoder.prefill_s, decoder.decode_s)
+        self.batch_log.append(record)
+        stats = self.prefill_stats
+        stats.requests += record.rows
+        stats.prompt_tokens += record.prompt_tokens
+        stats.reused_tokens += record.reused_tokens
+        stats.prefilled_tokens += record.prefilled_tokens
+        stats.prefill_s += record.prefill_s
+        stats.decode_s += record.decode_s
+        for row in rows:
+            row.cached = None  # the batch's references to cache tensors end with it
+
+    def _store(self, row: _Row, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        """Cache a finished row's KV: every token it fed, i.e. its prompt and all sampled tokens but the last."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.store(row.prompt_ids + row.token_ids[:-1], keys, values)
 
 
 class _BatchDecoder:
@@ -229,30 +338,43 @@ class _BatchDecoder:
         self.engine = engine
         self.rows = rows
         self.active = list(range(len(rows)))  # indices into rows of the rows still in the batch
-        width = max(len(row.prompt_ids) for row in rows)
+        # Slots: [past: each row's cached prefix, right-aligned in `past` slots][new: its suffix, right-aligned].
+        # Rows with shorter cached prefixes or suffixes have pad slots (mask 0) before each part; positions count
+        # only a row's real tokens, so every row computes what it would alone.
+        past = max(row.reused for row in rows)
+        width = max(len(row.suffix) for row in rows)
         device = engine.device
         ids = torch.full((len(rows), width), engine.pad_token_id, dtype=torch.long, device=device)
-        mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        mask = torch.zeros((len(rows), past + width), dtype=torch.long, device=device)
         for index, row in enumerate(rows):
-            ids[index, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids, device=device)
-            mask[index, width - len(row.prompt_ids) :] = 1
+            suffix = row.suffix
+            ids[index, width - len(suffix) :] = torch.tensor(suffix, device=device)
+            mask[index, past - row.reused : past] = 1
+            mask[index, past + width - len(suffix) :] = 1
         self.input_ids = ids
         self.attention_mask = mask
-        self.position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
         self.temperature = torch.tensor([row.sampling.temperature for row in rows], device=device)
         self.top_p = torch.tensor([row.sampling.top_p for row in rows], device=device)
-        self.cache: Any = None
+        self.cache: Any = _past_cache(engine.model, rows, past) if past else None
+        self.prefill_s = 0.0
+        self.decode_s = 0.0
         # Every token decodes to at least one byte, so the tokens that complete a stop string are among the last
         # (its UTF-8 length) ones; one more gives context (a sentencepiece decode drops a leading space otherwise).
         longest = max((len(stop.encode()) for row in rows for stop in row.sampling.stop), default=0)
         self.tail_tokens = longest + 1 if longest else 0
 
     def run(self) -> None:
+        started = time.perf_counter()
+        first = True
         while self.active:
             logits = self._forward()
             tokens, logprobs = self._sample(logits)
-            self._append(tokens.tolist(), logprobs.tolist())
+            self._append(tokens.tolist(), logprobs.tolist())  # .tolist() waits for the device: timings are real
+            if first:
+                self.prefill_s, first = time.perf_counter() - started, False
             self._drop_finished(tokens)
+        self.decode_s = time.perf_counter() - started - self.prefill_s
 
     def _forward(self) -> torch.Tensor:
         outputs = self.engine.model(
@@ -315,6 +437,8 @@ class _BatchDecoder:
         import torch
 
         keep = [position for position, index in enumerate(self.active) if self.rows[index].stop_reason is None]
+        if self.engine.prefix_cache is not None and len(keep) < len(self.active):
+            self._store_finished(set(keep))
         self.active = [self.active[position] for position in keep]
         if not self.active:
             return
@@ -328,6 +452,56 @@ class _BatchDecoder:
             self.attention_mask = self.attention_mask[index]
             self.temperature, self.top_p = self.temperature[index], self.top_p[index]
         self.input_ids, self.position_ids = next_ids, next_positions
+
+    def _store_finished(self, keep: set[int]) -> None:
+        """Hand the engine the KV of each row finishing now, its real slots only (the mask still has one slot per
+        cached token: the token just sampled is not fed yet)."""
+        layers = self.cache.layers
+        for position, index in enumerate(self.active):
+            if position in keep:
+                continue
+            slots = self.attention_mask[position].nonzero().squeeze(-1)
+            keys = [layer.keys[position].index_select(1, slots) for layer in layers]
+            values = [layer.values[position].index_select(1, slots) for layer in layers]
+            self.engine._store(self.rows[index], keys, values)
+
+
+def _past_cache(model: Any, rows: list[_Row], past: int) -> Any:
+    """A DynamicCache of ``past`` slots holding each row's cached prefix right-aligned (zeros, masked, before)."""
+    from transformers import DynamicCache
+
+    template = next(row.cached for row in rows if row.cached is not None)
+    layers = []
+    for layer in range(len(template.keys)):
+        parts = []
+        for tensors in (template.keys, template.values):
+            heads, _, dim = tensors[layer].shape
+            parts.append(tensors[layer].new_zeros((len(rows), heads, past, dim)))
+        for index, row in enumerate(rows):
+            if row.cached is not None and row.reused:
+                parts[0][index, :, past - row.reused :] = row.cached.keys[layer][:, : row.reused]
+                parts[1][index, :, past - row.reused :] = row.cached.values[layer][:, : row.reused]
+        layers.append((parts[0], parts[1]))
+    return DynamicCache(layers, config=model.config)
+
+
+def _plain_kv_cache(model: Any) -> bool:
+    """Whether the model's own cache is one plain full-attention layer per decoder layer, the layout the prefix
+    cache copies rows in and out of (a sliding-window layer keeps only its window)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    try:
+        cache = DynamicCache(config=model.config)
+    except Exception:  # a config DynamicCache cannot read: decode without the prefix cache rather than fail
+        return False
+    return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def _weights_version(model: Any) -> int:
+    """Sum of the parameters' in-place modification counters: it changes whenever an optimizer step, a
+    ``load_state_dict`` or any in-place write touches a weight, which makes cached KV stale."""
+    return sum(parameter._version for parameter in model.parameters())
 
 
 def _stop_reason(row: _Row, tail: str, stop_token_ids: frozenset[int]) -> StopReason | None:
