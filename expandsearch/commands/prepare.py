@@ -1,11 +1,13 @@
 """``expandsearch prepare``: benchmark files, corpora and training mixes in the formats the rest of the project reads.
 
-Three jobs, one sub-subcommand each (see ``docs/data.md``)::
+Four jobs, one sub-subcommand each (see ``docs/data.md``)::
 
     expandsearch prepare qa --dataset hotpotqa --input hotpot_dev_distractor_v1.json --out data/hotpotqa \\
         [--split test] [--layout auto] [--limit N] [--seed S] [--template expandsearch]
     expandsearch prepare corpus --input psgs_w100.tsv --out data/wiki18.jsonl [--format auto]
     expandsearch prepare mix --input data/nq data/hotpotqa --out data/mix/train.parquet [--sizes N,M] [--seed S]
+    expandsearch prepare demos --input hotpot.jsonl 2wiki.jsonl --out runs/demos (--index DIR | --retriever-url URL
+        | --build-index) --tokenizer smollm2 [--squeezer extractive] [--topk 3] [--variant-mix 1,2,3]
 
 ``qa`` writes ``{split}.jsonl`` (FlashRAG), ``{split}.parquet`` (verl) and, for distractor-style sources,
 ``corpus.jsonl`` with the questions' ``supporting_ids``. Each job prints one summary line; bad input exits with
@@ -59,6 +61,32 @@ def _add_mix(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="file read from a directory input: SPLIT.parquet (train)")
 
 
+def _add_demos(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--input", required=True, nargs="+", help="raw HotpotQA / 2WikiMultihopQA / MuSiQue files (any qa layout)"
+    )
+    parser.add_argument("--out", required=True, help="output directory (demos.jsonl, demos_summary.json)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--index", help="index directory (expandsearch index), searched in-process")
+    where.add_argument("--retriever-url", help="retriever server URL (expandsearch serve-retriever, Search-R1's)")
+    where.add_argument(
+        "--build-index", action="store_true", help="build BM25 over the inputs' context paragraphs (OUT/index)"
+    )
+    parser.add_argument("--tokenizer", required=True, help="the policy's model spec: smollm2, a model dir, a .gguf")
+    parser.add_argument("--squeezer", default="extractive", help="squeezer spec (default extractive)")
+    parser.add_argument("--topk", type=int, default=3, help="passages per variant (default 3)")
+    parser.add_argument("--variant-mix", default="1,2,3", help="breadths drawn per question (default 1,2,3)")
+    parser.add_argument("--max-turns", type=int, default=4, help="policy turns per episode (default 4)")
+    parser.add_argument("--max-turn-tokens", type=int, default=500, help="tokens per policy turn (default 500)")
+    parser.add_argument(
+        "--max-observation-tokens", type=int, default=500, help="tokens per observation body (default 500)"
+    )
+    parser.add_argument("--max-response-tokens", type=int, default=4096, help="response budget (default 4096)")
+    parser.add_argument("--template", default="expandsearch", help="prompt template (default expandsearch)")
+    parser.add_argument("--limit", type=int, default=None, help="questions per input, sub-sampled with --seed")
+    parser.add_argument("--seed", type=int, default=0, help="sub-sampling and breadth seed (default 0)")
+
+
 def _run_qa(args: argparse.Namespace) -> str:
     from data_prep.benchmarks import prepare_benchmark, write_benchmark
 
@@ -105,10 +133,52 @@ def _run_mix(args: argparse.Namespace) -> str:
     return f"mix: {sum(counts.values())} rows ({parts}; seed {args.seed}) written to {args.out}"
 
 
+def _run_demos(args: argparse.Namespace) -> str:
+    from agent_env.assembly import EnvSetupError
+    from agent_env.episode import EpisodeConfig
+    from data_prep.demos import DemoJob, prepare_demos
+
+    try:
+        mix = tuple(int(part) for part in args.variant_mix.split(","))
+    except ValueError as error:
+        raise UserError(f"--variant-mix must be comma-separated integers, got {args.variant_mix!r}") from error
+    try:
+        config = EpisodeConfig(
+            template=args.template,
+            topk=args.topk,
+            max_turns=args.max_turns,
+            max_turn_tokens=args.max_turn_tokens,
+            max_observation_tokens=args.max_observation_tokens,
+            max_response_tokens=args.max_response_tokens,
+        )
+        job = DemoJob(
+            inputs=tuple(args.input),
+            out_dir=args.out,
+            tokenizer_spec=args.tokenizer,
+            index_dir=args.index,
+            retriever_url=args.retriever_url,
+            build_index=args.build_index,
+            squeezer=args.squeezer,
+            variant_mix=mix,
+            limit=args.limit,
+            seed=args.seed,
+            config=config,
+        )
+        summary = prepare_demos(job)
+    except EnvSetupError as error:
+        raise UserError(str(error)) from error
+    parts = ", ".join(f"{name} {d['kept']}/{d['questions']}" for name, d in summary["datasets"].items())
+    return (
+        f"demos: {summary['kept']} of {summary['questions']} questions ({parts}; squeezer {args.squeezer}, "
+        f"topk {args.topk}) written to {args.out} (demos.jsonl, demos_summary.json) in {summary['seconds']} s"
+    )
+
+
 JOBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], str]]] = {
     "qa": ("a benchmark split as FlashRAG jsonl + verl parquet (+ context corpus)", _add_qa, _run_qa),
     "corpus": ("a corpus as wiki-18 jsonl", _add_corpus, _run_corpus),
     "mix": ("a shuffled deterministic training mix of verl parquet files", _add_mix, _run_mix),
+    "demos": ("real-data demonstrations played through the environment, for SFT", _add_demos, _run_demos),
 }
 
 
