@@ -40,29 +40,33 @@ _FORMAT = (
     "Write your reasoning inside <think> </think> tags, then the result inside <answer> </answer> tags, "
     "and nothing after </answer>."
 )
+_FORMAT_DIRECT = "Write only the result, inside <answer> </answer> tags."
+ANSWER_PREFILL = "<answer>"
+"""Without thinking, the assistant turn starts with this: small models (SmolLM2-135M) rarely open the tag."""
 
 PROMPTS: dict[tuple[Kind, Side], str] = {
     ("sparse", "query"): (
         "You help a keyword search engine find documents for a search request. Think about what the request is "
         "about and what a document answering it would say. Then list several independent search keywords and "
-        "short key phrases, including synonyms and technical terms such a document would use. " + _FORMAT
+        "short key phrases, including synonyms and technical terms such a document would use. "
     ),
     ("sparse", "document"): (
         "You help a keyword search engine index a document. Think about the document with your expert knowledge. "
         "Then write a short supplementary explanation in professional terms, followed by keywords: the questions, "
-        "claims and terms a reader might search with to find this document. " + _FORMAT
+        "claims and terms a reader might search with to find this document. "
     ),
     ("dense", "query"): (
         "You help a semantic search engine find documents for a search request. Think about what the request is "
         "about. Then write a short passage that expands the request with the background a relevant document "
-        "would contain; it will be placed right after the request. " + _FORMAT
+        "would contain; it will be placed right after the request. "
     ),
     ("dense", "document"): (
         "You help a semantic search engine index a document. Think about what the document says. Then write a "
-        "concise abstract of its main findings and topics; it will be placed right before the document. " + _FORMAT
+        "concise abstract of its main findings and topics; it will be placed right before the document. "
     ),
 }
-"""System prompts by (retriever kind, side). Our own wording of the reference method's four instructions."""
+"""System prompts by (retriever kind, side), without the format sentence. Our own wording of the reference
+method's four instructions."""
 
 STOP = ("</answer>",)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -74,17 +78,22 @@ def document_input(passage: Passage) -> str:
     return f"{passage.title}. {passage.text}" if passage.title else passage.text
 
 
-def messages(kind: Kind, side: Side, text: str) -> list[dict[str, str]]:
-    """The chat messages asking for one augmentation of ``text`` (a query, or :func:`document_input`)."""
+def messages(kind: Kind, side: Side, text: str, *, think: bool = True) -> list[dict[str, str]]:
+    """The chat messages asking for one augmentation of ``text`` (a query, or :func:`document_input`); with
+    ``think`` the model reasons in ``<think>`` first (the reference), else it writes the answer at once."""
     if (kind, side) not in PROMPTS:
         raise ValueError(f"no prompt for kind {kind!r} and side {side!r}; kinds {KINDS}, sides {SIDES}")
-    return [{"role": "system", "content": PROMPTS[(kind, side)]}, {"role": "user", "content": text}]
+    system = PROMPTS[(kind, side)] + (_FORMAT if think else _FORMAT_DIRECT)
+    return [{"role": "system", "content": system}, {"role": "user", "content": text}]
 
 
-def parse_answer(response: str) -> str | None:
+def parse_answer(response: str, *, prefilled: bool = False) -> str | None:
     """The usable augmentation in a response: the last complete ``<answer>`` text with label prefixes
-    ("Keywords:", "Summary:", …) removed and whitespace collapsed; None when there is none or it is empty."""
-    found = _ANSWER.findall(response)
+    ("Keywords:", "Summary:", …) removed and whitespace collapsed; None when there is none or it is empty.
+
+    ``prefilled``: the response continues an ``<answer>`` the prompt opened, so its text up to ``</answer>`` (or
+    to its end, when the budget ran out first) is the answer."""
+    found = [response.split("</answer>", 1)[0]] if prefilled else _ANSWER.findall(response)
     if not found:
         return None
     answer = " ".join(_LABEL.sub(" ", found[-1]).split())
@@ -130,20 +139,24 @@ def sampling_params(max_new_tokens: int, temperature: float = 0.0, seed: int | N
     return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, stop=STOP, seed=seed)
 
 
-def prompt_ids(tokenizer: Any, kind: Kind, side: Side, text: str, max_prompt_tokens: int | None = None) -> list[int]:
-    """The chat-templated prompt token ids; the user text is cut (in tokens) so the prompt fits the budget."""
+def prompt_ids(
+    tokenizer: Any, kind: Kind, side: Side, text: str, max_prompt_tokens: int | None = None, *, think: bool = True
+) -> list[int]:
+    """The chat-templated prompt token ids (without ``think``, ending in :data:`ANSWER_PREFILL`); the user text
+    is cut (in tokens) so the prompt fits ``max_prompt_tokens``."""
     if max_prompt_tokens is not None:
-        overhead = len(_template(tokenizer, kind, side, ""))
+        overhead = len(_template(tokenizer, kind, side, "", think))
         room = max(max_prompt_tokens - overhead, 1)
         ids = tokenizer.encode(text, add_special_tokens=False)
         if len(ids) > room:
             text = tokenizer.decode(ids[:room])
-    return _template(tokenizer, kind, side, text)
+    return _template(tokenizer, kind, side, text, think)
 
 
-def _template(tokenizer: Any, kind: Kind, side: Side, text: str) -> list[int]:
-    rendered = tokenizer.apply_chat_template(messages(kind, side, text), tokenize=False, add_generation_prompt=True)
-    return list(tokenizer.encode(rendered, add_special_tokens=False))
+def _template(tokenizer: Any, kind: Kind, side: Side, text: str, think: bool) -> list[int]:
+    chat = messages(kind, side, text, think=think)
+    rendered = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer.encode(rendered + ("" if think else ANSWER_PREFILL), add_special_tokens=False))
 
 
 def generate(engine: LLMEngine, prompts: Sequence[Sequence[int]], sampling: SamplingParams) -> list[Generation]:
@@ -166,16 +179,21 @@ def augment_texts(
     sampling: SamplingParams,
     *,
     max_prompt_tokens: int | None = 512,
+    think: bool = True,
 ) -> list[Augmentation]:
     """Augment a batch of queries or document inputs (:func:`document_input`) in one generation call."""
-    prompts = [prompt_ids(tokenizer, kind, side, text, max_prompt_tokens) for text in texts]
+    prompts = [prompt_ids(tokenizer, kind, side, text, max_prompt_tokens, think=think) for text in texts]
     generations = generate(engine, prompts, sampling)
     results = []
     for prompt, generation in zip(prompts, generations, strict=True):
         response = tokenizer.decode(generation.token_ids, skip_special_tokens=True)
         results.append(
             Augmentation(
-                response, parse_answer(response), len(prompt), len(generation.token_ids), generation.stop_reason
+                response,
+                parse_answer(response, prefilled=not think),
+                len(prompt),
+                len(generation.token_ids),
+                generation.stop_reason,
             )
         )
     return results
@@ -189,13 +207,14 @@ def augment_queries(
     sampling: SamplingParams,
     *,
     batch_size: int = 16,
+    think: bool = True,
 ) -> list[str]:
     """Search-time query augmentation: each query combined with its generated answer for ``kind``'s retriever."""
     combined: list[str] = []
     for start in range(0, len(queries), batch_size):
         batch = list(queries[start : start + batch_size])
         for query, augmentation in zip(
-            batch, augment_texts(engine, tokenizer, kind, "query", batch, sampling), strict=True
+            batch, augment_texts(engine, tokenizer, kind, "query", batch, sampling, think=think), strict=True
         ):
             combined.append(combine_query(query, augmentation.answer, kind))
     return combined

@@ -21,11 +21,11 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent_env.augment import Kind, Side, augment_texts, combine_document
+from agent_env.augment import Augmentation, Kind, Side, augment_texts, combine_document
 from agent_env.engine import LLMEngine, SamplingParams
 from retriever_server.corpus import Passage, write_wiki18_jsonl
 
@@ -108,6 +108,7 @@ def run_augmentation(
     settings: Mapping[str, Any],
     batch_size: int = 8,
     max_prompt_tokens: int | None = 512,
+    think: bool = True,
     progress: bool = True,
     after_batch: Callable[[int], None] | None = None,
 ) -> RunStats:
@@ -122,54 +123,69 @@ def run_augmentation(
         raise AugmentationError("item ids are not unique")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _check_settings(out, {**settings, "kind": kind, "side": side, "batch_size": batch_size})
+    _check_settings(out, {**settings, "kind": kind, "side": side, "batch_size": batch_size, "think": think})
     done = read_augmentations(out / AUGMENTATIONS_FILE, repair=True)
     unknown = sorted(set(done) - set(ids))
     if unknown:
         raise AugmentationError(f"{out}: augmented id {unknown[0]!r} is not among the items (another corpus?)")
     pending = [item for item in items if item[0] not in done]
-    started = time.perf_counter()
-    prompt_tokens = generated_tokens = no_answer = 0
+    tally = _Tally(already_done=len(done))
     bar = tqdm(total=len(items), initial=len(done), disable=not progress, unit=side[:3], desc=f"augment {side}s")
-    with (out / AUGMENTATIONS_FILE).open("a", encoding="utf-8") as handle:
-        for number, start in enumerate(range(0, len(pending), batch_size), start=1):
-            batch = pending[start : start + batch_size]
-            results = augment_texts(
-                engine,
-                tokenizer,
-                kind,
-                side,
-                [text for _, text in batch],
-                sampling,
-                max_prompt_tokens=max_prompt_tokens,
-            )
-            lines = [
-                json.dumps({"id": item_id, **asdict(result)}, ensure_ascii=False) + "\n"
-                for (item_id, _), result in zip(batch, results, strict=True)
-            ]
-            handle.write("".join(lines))  # one write per batch: a kill leaves whole batches (or one torn line)
-            handle.flush()
-            os.fsync(handle.fileno())
-            prompt_tokens += sum(result.prompt_tokens for result in results)
-            generated_tokens += sum(result.generated_tokens for result in results)
-            no_answer += sum(result.answer is None for result in results)
-            bar.update(len(batch))
-            if after_batch is not None:
-                after_batch(number)
-    bar.close()
-    seconds = time.perf_counter() - started
-    count = len(pending)
-    stats = RunStats(
-        items=count,
-        already_done=len(done),
-        seconds=seconds,
-        items_per_s=count / seconds if count and seconds > 0 else 0.0,
-        prompt_tokens_per_item=prompt_tokens / count if count else 0.0,
-        generated_tokens_per_item=generated_tokens / count if count else 0.0,
-        no_answer=no_answer,
-    )
-    _append_stats(out / STATS_FILE, stats)
+    try:
+        with (out / AUGMENTATIONS_FILE).open("a", encoding="utf-8") as handle:
+            for number, start in enumerate(range(0, len(pending), batch_size), start=1):
+                batch = pending[start : start + batch_size]
+                texts = [text for _, text in batch]
+                results = augment_texts(
+                    engine, tokenizer, kind, side, texts, sampling, max_prompt_tokens=max_prompt_tokens, think=think
+                )
+                lines = [
+                    json.dumps({"id": item_id, **asdict(result)}, ensure_ascii=False) + "\n"
+                    for (item_id, _), result in zip(batch, results, strict=True)
+                ]
+                handle.write("".join(lines))  # one write per batch: a kill leaves whole batches (or one torn line)
+                handle.flush()
+                os.fsync(handle.fileno())
+                tally.add(results)
+                bar.update(len(batch))
+                if after_batch is not None:
+                    after_batch(number)
+    finally:
+        # also when interrupted by an exception (Ctrl-C): the items already written were paid for
+        bar.close()
+        stats = tally.stats(time.perf_counter() - tally.started)
+        _append_stats(out / STATS_FILE, stats)
     return stats
+
+
+@dataclass
+class _Tally:
+    """Running counts of one augmentation run."""
+
+    already_done: int
+    items: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    no_answer: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, results: Sequence[Augmentation]) -> None:
+        self.items += len(results)
+        self.prompt_tokens += sum(result.prompt_tokens for result in results)
+        self.generated_tokens += sum(result.generated_tokens for result in results)
+        self.no_answer += sum(result.answer is None for result in results)
+
+    def stats(self, seconds: float) -> RunStats:
+        count = self.items
+        return RunStats(
+            items=count,
+            already_done=self.already_done,
+            seconds=seconds,
+            items_per_s=count / seconds if count and seconds > 0 else 0.0,
+            prompt_tokens_per_item=self.prompt_tokens / count if count else 0.0,
+            generated_tokens_per_item=self.generated_tokens / count if count else 0.0,
+            no_answer=self.no_answer,
+        )
 
 
 def _append_stats(path: Path, stats: RunStats) -> None:
