@@ -25,6 +25,7 @@ COMMANDS = {
     "eval": "eval",
     "eval-retrieval": "eval_retrieval",
     "regress": "regress",
+    "coaug": "coaug",
 }
 
 
