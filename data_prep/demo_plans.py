@@ -296,8 +296,8 @@ def _bridge_order(titles: list[str], evidence: Mapping[str, tuple[str, ...]], qu
     def mentioned_elsewhere(title: str) -> bool:
         return any(contains(" ".join(evidence[other]), bare_title(title)) for other in titles if other != title)
 
-    def score(title: str) -> tuple[int, int]:
-        return (mentioned_elsewhere(title) and not contains(question, bare_title(title)), -titles.index(title))
+    def score(title: str) -> tuple[bool, int]:
+        return (mentioned_elsewhere(title) and not contains(question, bare_title(title)), titles.index(title))
 
     return sorted(titles, key=score)
 
