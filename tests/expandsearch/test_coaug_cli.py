@@ -1,0 +1,94 @@
+"""``expandsearch coaug``: augment → index → eval on a SciFact slice with a tiny real model and real BM25."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from data_prep.beir import load_beir
+from expandsearch.cli import main
+from retriever_server.corpus import load_passages
+
+QUERIES = 8
+DISTRACTORS = 40
+
+
+@pytest.fixture(scope="module")
+def scifact_slice(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BEIR folder: the first test queries, their relevant abstracts and some other abstracts."""
+    source = real_data / "beir" / "scifact"
+    task = load_beir(source, "test")
+    chosen = dict(list(task.qrels.items())[:QUERIES])
+    wanted = {doc for judged in chosen.values() for doc in judged}
+    others = [p.id for p in task.corpus if p.id not in wanted][:DISTRACTORS]
+    keep = wanted | set(others)
+    folder = tmp_path_factory.mktemp("scifact_slice")
+    (folder / "qrels").mkdir()
+    with (source / "corpus.jsonl").open() as lines, (folder / "corpus.jsonl").open("w") as out:
+        out.writelines(line for line in lines if json.loads(line)["_id"] in keep)
+    shutil.copy(source / "queries.jsonl", folder / "queries.jsonl")
+    with (folder / "qrels" / "test.tsv").open("w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["query-id", "corpus-id", "score"])
+        writer.writerows([query, doc, score] for query, judged in chosen.items() for doc, score in judged.items())
+    return folder
+
+
+def cli(*args: str | Path) -> None:
+    assert main([str(arg) for arg in args]) == 0
+
+
+def test_augment_index_eval_on_a_scifact_slice(scifact_slice: Path, tiny_policy_dir: Path, tmp_path: Path) -> None:
+    tiny = ["--model", tiny_policy_dir, "--max-new-tokens", "8", "--batch-size", "16", "--no-think", "--no-progress"]
+    cli("coaug", "prepare", "--beir", scifact_slice, "--out", tmp_path / "corpus.jsonl")
+    cli("coaug", "augment", "--beir", scifact_slice, "--side", "documents", "--kind", "sparse", *tiny,
+        "--out", tmp_path / "docs")  # fmt: skip
+    cli("coaug", "augment", "--beir", scifact_slice, "--side", "queries", "--kind", "sparse", *tiny,
+        "--out", tmp_path / "queries")  # fmt: skip
+    augmented = load_passages(tmp_path / "docs" / "corpus.jsonl")
+    original = load_passages(tmp_path / "corpus.jsonl")
+    assert [p.id for p in augmented] == [p.id for p in original]
+    assert sum(a.title != o.title for a, o in zip(augmented, original, strict=True)) > 0
+    stats = json.loads((tmp_path / "docs" / "stats.json").read_text())["runs"][0]
+    assert stats["items"] == len(original)
+    assert stats["items_per_s"] > 0
+    assert stats["generated_tokens_per_item"] > 0
+    bm25 = ["--kind", "bm25", "--k1", "0.9", "--b", "0.4"]
+    cli("index", "--corpus", tmp_path / "corpus.jsonl", *bm25, "--out", tmp_path / "idx")
+    cli("index", "--corpus", tmp_path / "docs" / "corpus.jsonl", *bm25, "--out", tmp_path / "idx_aug")
+    cli("coaug", "eval", "--beir", scifact_slice, "--index", tmp_path / "idx", "--augmented-index",
+        tmp_path / "idx_aug", "--query-augmentations", tmp_path / "queries", "--out", tmp_path / "results")  # fmt: skip
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert list(results["results"]) == ["none", "query only", "documents only", "both"]
+    for metrics in results["results"].values():
+        assert metrics["n"] == QUERIES
+        assert 0 < metrics["ndcg@10"] <= 1
+        assert metrics["bm25"] == {"language": "english", "library": "bm25s", "k1": 0.9, "b": 0.4}
+    assert results["results"]["query only"]["queries_augmented"] > 0
+    # 48 documents: a relevant one is missed only without a query term in common (BM25 returns no zero scores)
+    assert 0.5 < results["results"]["none"]["recall@100"] <= 1.0
+    assert set(results["paired_vs_none"]) == {"query only", "documents only", "both"}
+    table = (tmp_path / "results" / "results.md").read_text()
+    assert "| both | bm25 k1=0.9 b=0.4 | 8 |" in table
+    rows = (tmp_path / "results" / "per_query.jsonl").read_text().splitlines()
+    assert len(rows) == 4 * QUERIES
+
+
+def test_bad_inputs_are_one_line_errors(
+    scifact_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(scifact_slice, broken)
+    (broken / "qrels" / "test.tsv").unlink()
+    assert main(["coaug", "eval", "--beir", str(broken), "--index", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("expandsearch coaug: error: qrels not found:")
+    assert error.count("\n") == 1
+    (broken / "corpus.jsonl").write_text("")
+    args = ["coaug", "augment", "--beir", str(broken), "--side", "documents", "--kind", "sparse"]
+    assert main([*args, "--model", "smollm2", "--out", str(tmp_path / "a")]) == 2
+    assert "the corpus is empty" in capsys.readouterr().err
