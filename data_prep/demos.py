@@ -237,15 +237,16 @@ class DemoJob:
 
 def prepare_demos(job: DemoJob) -> dict[str, Any]:
     """Plan, play, filter and write ``OUT/demos.jsonl`` and ``OUT/demos_summary.json``; returns the summary."""
-    from agent_env.models import load_tokenizer
+    from agent_env.models import load_tokenizer, resolve_model_path
     from agent_env.squeezers import make_squeezer
 
     started = time.perf_counter()
-    inputs = [plan_file(path, limit=job.limit, seed=job.seed, max_hops=None) for path in job.inputs]
+    resolve_model_path(job.tokenizer_spec)  # the cheap checks first: a typo fails before any file is written
+    squeezer = make_squeezer(job.squeezer)
+    inputs = [plan_file(path, limit=job.limit, seed=job.seed) for path in job.inputs]
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     index_dir = _build_union_index(inputs, out) if job.build_index else job.index_dir
-    squeezer = make_squeezer(job.squeezer)  # a bad spec fails before the tokenizer and the index load
     tokenizer = load_tokenizer(job.tokenizer_spec)
     plans = [plan for planned in inputs for plan in planned.plans]
     breadths = [breadth_for(plan.example.id, job.variant_mix, job.seed) for plan in plans]

@@ -1,4 +1,4 @@
-"""Tests for ``expandsearch prepare {qa,corpus,mix}`` through the installed console script, in a subprocess.
+"""Tests for ``expandsearch prepare {qa,corpus,mix,demos}`` through the installed console script, in a subprocess.
 
 Every real QA sample goes through ``prepare qa`` and is read back (jsonl, parquet field by field, corpus);
 the error paths check exit status 2 with one line naming the file, the record and the field.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from support import plain, run_expandsearch
+from support import free_port, plain, run_expandsearch
 
 from agent_env import AGENT_LOOP_NAME
 from agent_env.protocol import build_messages
@@ -60,7 +60,7 @@ def assert_user_error(result: subprocess.CompletedProcess[str], *fragments: str)
 def test_help_lists_the_jobs_and_flags() -> None:
     result = expandsearch("prepare", "--help")
     assert result.returncode == 0, result.stderr
-    for job in ("qa", "corpus", "mix"):
+    for job in ("qa", "corpus", "mix", "demos"):
         assert job in result.stdout
     qa_help = expandsearch("prepare", "qa", "--help").stdout
     for flag in ("--dataset", "--input", "--out", "--split", "--layout", "--limit", "--seed", "--template"):
@@ -255,3 +255,61 @@ def test_other_user_errors(real_data: Path, tmp_path: Path) -> None:
     )
     assert bad_layout.returncode == 2
     assert "invalid choice: 'x'" in bad_layout.stderr
+
+
+# --- prepare demos --------------------------------------------------------------------------------------------------
+
+DEMO_SAMPLES = (
+    "hotpotqa/hotpotqa_distractor_dev300.jsonl",
+    "2wikimultihopqa/2wiki_dev_with_context80.jsonl",
+    "musique/musique_ans_dev100.jsonl",
+)
+
+
+def test_prepare_demos_end_to_end(real_data: Path, tmp_path: Path, tiny_policy_dir: Path) -> None:
+    """--build-index on a slice of the three samples, then the same job over that index with --index."""
+    files = [real_data / name for name in DEMO_SAMPLES]
+    common = ["--tokenizer", tiny_policy_dir, "--limit", "5", "--seed", "3"]
+    built = expandsearch("prepare", "demos", "--input", *files, "--out", tmp_path / "a", "--build-index", *common)
+    assert built.returncode == 0, built.stderr
+    summary = json.loads((tmp_path / "a" / "demos_summary.json").read_text())
+    assert built.stdout.startswith(f"demos: {summary['kept']} of 15 questions (hotpotqa ")
+    assert (tmp_path / "a" / "index").is_dir()
+    assert (tmp_path / "a" / "corpus.jsonl").is_file()
+    records = [json.loads(line) for line in (tmp_path / "a" / "demos.jsonl").read_text().splitlines()]
+    assert len(records) == summary["kept"] > 0
+    assert {record["tokenizer"] for record in records} == {str(tiny_policy_dir.resolve())}
+    for record in records:
+        assert set(record) >= {"id", "data_source", "question", "golden_answers", "breadth", "messages"}
+        assert len(record["response_ids"]) == len(record["response_mask"])
+        assert [m["role"] for m in record["messages"][:2]] == ["user", "assistant"]
+    again = expandsearch(
+        "prepare", "demos", "--input", *files, "--out", tmp_path / "b", "--index", tmp_path / "a" / "index", *common
+    )
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "b" / "demos.jsonl").read_text() == (tmp_path / "a" / "demos.jsonl").read_text()
+
+
+def test_prepare_demos_user_errors(real_data: Path, tmp_path: Path, tiny_policy_dir: Path) -> None:
+    hotpot = real_data / DEMO_SAMPLES[0]
+    base = ["prepare", "demos", "--out", tmp_path / "o", "--tokenizer", tiny_policy_dir]
+    assert_user_error(
+        expandsearch(*base, "--input", tmp_path / "absent.jsonl", "--build-index"), "input not found", "absent.jsonl"
+    )
+    assert_user_error(
+        expandsearch(*base, "--input", real_data / "nq" / "nq_test1000.jsonl", "--build-index"),
+        "layout flashrag has no supporting facts",
+    )
+    assert_user_error(expandsearch(*base, "--input", hotpot, "--build-index", "--variant-mix", "1,4"), "1..3")
+    assert_user_error(expandsearch(*base, "--input", hotpot, "--build-index", "--variant-mix", "a"), "--variant-mix")
+    assert_user_error(expandsearch(*base, "--input", hotpot, "--index", tmp_path / "no_index"), "cannot load index")
+    assert_user_error(
+        expandsearch(*base, "--input", hotpot, "--retriever-url", f"http://127.0.0.1:{free_port()}", "--limit", "2"),
+        "is not reachable",
+    )
+    no_model = ["prepare", "demos", "--out", tmp_path / "o2", "--tokenizer", tmp_path / "no_model"]
+    assert_user_error(expandsearch(*no_model, "--input", hotpot, "--build-index"), "no model at")
+    assert not (tmp_path / "o2").exists()  # the cheap checks come before anything is written
+    neither = expandsearch(*base, "--input", hotpot)
+    assert neither.returncode == 2
+    assert "one of the arguments --index --retriever-url --build-index is required" in neither.stderr
