@@ -130,7 +130,8 @@ def run_augmentation(
         raise AugmentationError(f"{out}: augmented id {unknown[0]!r} is not among the items (another corpus?)")
     pending = [item for item in items if item[0] not in done]
     tally = _Tally(already_done=len(done))
-    bar = tqdm(total=len(items), initial=len(done), disable=not progress, unit=side[:3], desc=f"augment {side}s")
+    plural = {"query": "queries", "document": "documents"}[side]
+    bar = tqdm(total=len(items), initial=len(done), disable=not progress, unit=side[:3], desc=f"augment {plural}")
     try:
         with (out / AUGMENTATIONS_FILE).open("a", encoding="utf-8") as handle:
             for number, start in enumerate(range(0, len(pending), batch_size), start=1):
