@@ -27,7 +27,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -184,13 +185,15 @@ def reference_draw_count(responses: int, rows: int) -> int:
 
 
 def dr_grpo_advantages(rewards: np.ndarray, groups: Sequence[Any]) -> np.ndarray:
-    """``(N,)`` advantages: each reward minus its prompt group's mean (no division by the group's std)."""
+    """``(N,)`` advantages: each reward minus its prompt group's mean (no division by the group's std).
+    ``groups`` ``(N,)`` holds any hashable group key per response (a prompt id, a (query, document) pair)."""
     rewards = np.asarray(rewards, dtype=np.float64)
-    keys = np.asarray(groups, dtype=object)
+    members: dict[Any, list[int]] = {}
+    for index, key in enumerate(groups):
+        members.setdefault(key, []).append(index)
     advantages = np.empty_like(rewards)
-    for key in dict.fromkeys(keys.tolist()):
-        members = keys == key
-        advantages[members] = rewards[members] - rewards[members].mean()
+    for indices in members.values():
+        advantages[indices] = rewards[indices] - rewards[indices].mean()
     return advantages
 
 
@@ -207,3 +210,93 @@ def scale_advantages(
 def all_zero(advantages: np.ndarray, tolerance: float = 1e-12) -> bool:
     """Whether a step carries no signal (every advantage zero): the reference skips such steps."""
     return bool(np.all(np.abs(np.asarray(advantages)) <= tolerance))
+
+
+# --- one training step ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampledResponse:
+    """One sampled augmentation of a training step, as the batch-level reward needs to see it."""
+
+    tag: int
+    """``QUERY_TAG``, ``POSITIVE_TAG`` or ``NEGATIVE_TAG``."""
+    query_id: str
+    """The training query the prompt was sampled for."""
+    doc_id: str | None
+    """The document augmented (None for a query)."""
+    relevance: float
+    """The document's qrels score for ``query_id`` (0 for negatives and queries)."""
+    text: str
+    """What the reward scores: ``agent_env.augment.training_text(original, answer)``."""
+
+
+@dataclass(frozen=True)
+class StepScores:
+    """Rewards and advantages of a step's responses, in their order, and whether the step carries any signal."""
+
+    rewards: np.ndarray
+    """``(N,)``: a query version's mean NDCG@10, a document version's weighted mean NDCG (:func:`draw_rewards`)."""
+    advantages: np.ndarray
+    """``(N,)``: Dr. GRPO per prompt, scaled by side (:data:`SIDE_SCALES`)."""
+    skip: bool
+    """True when every advantage is zero (the reference skips the update)."""
+
+
+Similarity = Callable[[Sequence[str], Sequence[str]], np.ndarray]
+"""``(query texts (Q,), document texts (D,)) -> (Q, D)`` similarity."""
+
+
+def bm25_similarity(idf: Mapping[str, float], *, k1: float = 1.2, b: float = 0.75) -> Similarity:
+    """BM25 with a fixed (whole-corpus) IDF over our analyzer; the batch's mean document length."""
+
+    def similarity(queries: Sequence[str], documents: Sequence[str]) -> np.ndarray:
+        return bm25_matrix(analyze(queries), analyze(documents), idf, k1=k1, b=b)
+
+    return similarity
+
+
+def dense_similarity(
+    encode_queries: Callable[[Sequence[str]], np.ndarray], encode_documents: Callable[[Sequence[str]], np.ndarray]
+) -> Similarity:
+    """Inner products of encoder embeddings (e.g. ``retriever_server.dense.Encoder.encode_queries`` / ``_passages``)."""
+
+    def similarity(queries: Sequence[str], documents: Sequence[str]) -> np.ndarray:
+        return dense_matrix(encode_queries(queries), encode_documents(documents))
+
+    return similarity
+
+
+def score_step(
+    responses: Sequence[SampledResponse],
+    similarity: Similarity,
+    *,
+    draws: int | None = None,
+    rng: np.random.Generator | None = None,
+    k: int = 10,
+    pos_weight: float = 10.0,
+) -> StepScores:
+    """The batch-level reward of one step: rows are the query responses, columns the document responses, a
+    column group (and a GRPO group) is one (query, document) prompt, a query's GRPO group its own prompt.
+    ``draws`` defaults to the reference's count (:func:`reference_draw_count`)."""
+    rows = [index for index, response in enumerate(responses) if response.tag == QUERY_TAG]
+    columns = [index for index, response in enumerate(responses) if response.tag != QUERY_TAG]
+    rewards = np.zeros(len(responses))
+    if rows and columns:
+        keys = [(responses[index].query_id, responses[index].doc_id) for index in columns]
+        group_of = {key: number for number, key in enumerate(dict.fromkeys(keys))}
+        groups = [group_of[key] for key in keys]
+        matrix = similarity([responses[i].text for i in rows], [responses[i].text for i in columns])
+        gains = gains_matrix(
+            [responses[i].query_id for i in rows],
+            [responses[i].query_id for i in columns],
+            [responses[i].relevance for i in columns],
+        )
+        count = draws if draws is not None else reference_draw_count(len(responses), len(rows))
+        sampled = sample_draws(groups, count, rng if rng is not None else np.random.default_rng(0))
+        row_rewards, column_rewards = draw_rewards(matrix, gains, sampled, k=k, pos_weight=pos_weight)
+        rewards[rows] = row_rewards
+        rewards[columns] = column_rewards
+    prompt_groups = [(response.query_id, response.doc_id) for response in responses]
+    advantages = scale_advantages(dr_grpo_advantages(rewards, prompt_groups), [r.tag for r in responses])
+    return StepScores(rewards, advantages, all_zero(advantages))

@@ -15,10 +15,12 @@ from agent_env.coaug_reward import (
     NEGATIVE_TAG,
     POSITIVE_TAG,
     QUERY_TAG,
+    SampledResponse,
     all_draws,
     all_zero,
     analyze,
     bm25_matrix,
+    bm25_similarity,
     corpus_idf,
     dr_grpo_advantages,
     draw_rewards,
@@ -26,6 +28,7 @@ from agent_env.coaug_reward import (
     ndcg_rows,
     sample_draws,
     scale_advantages,
+    score_step,
 )
 
 
@@ -139,3 +142,25 @@ def test_dr_grpo_advantages_are_mean_centred_not_std_divided() -> None:
     assert all_zero(scaled[3:])
     with pytest.raises(ValueError, match="unknown side tags"):
         scale_advantages(advantages, [7] * 6)
+
+
+def test_score_step_rewards_the_query_version_that_ranks_its_positive_first() -> None:
+    corpus = ["aspirin lowers fever", "statins lower cholesterol", "vaccines prevent measles", "fever in children"]
+    similarity = bm25_similarity(corpus_idf(analyze(corpus)))
+    step = [
+        SampledResponse(QUERY_TAG, "q", None, 0.0, "does aspirin reduce fever\n\naspirin"),
+        SampledResponse(QUERY_TAG, "q", None, 0.0, "does aspirin reduce fever\n\nchildren children"),
+        *[SampledResponse(POSITIVE_TAG, "q", "d1", 1.0, text) for text in ("aspirin lowers fever", "aspirin")],
+        *[SampledResponse(NEGATIVE_TAG, "q", "d2", 0.0, text) for text in ("fever in children", "children")],
+    ]
+    scores = score_step(step, similarity, draws=64)
+    assert scores.rewards.shape == scores.advantages.shape == (6,)
+    assert scores.rewards[0] > scores.rewards[1]  # "aspirin" keeps the positive first; "children" pulls d2 up
+    assert scores.advantages[0] > 0 > scores.advantages[1]
+    assert scores.advantages[0] == pytest.approx((scores.rewards[0] - scores.rewards[1]) / 2)
+    # document versions: advantages scaled by 0.2 (positive) and 0.1 (negative) around their own group's mean
+    positive = scores.rewards[2:4] - scores.rewards[2:4].mean()
+    np.testing.assert_allclose(scores.advantages[2:4], 0.2 * positive, atol=1e-12)
+    assert not scores.skip
+    same = [SampledResponse(r.tag, r.query_id, r.doc_id, r.relevance, "identical text") for r in step]
+    assert score_step(same, similarity, draws=8).skip
