@@ -43,7 +43,16 @@ def cli(*args: str | Path) -> None:
 
 
 def test_augment_index_eval_on_a_scifact_slice(scifact_slice: Path, tiny_policy_dir: Path, tmp_path: Path) -> None:
-    tiny = ["--model", tiny_policy_dir, "--max-new-tokens", "8", "--batch-size", "16", "--no-think", "--no-progress"]
+    tiny: list[str | Path] = [
+        "--model",
+        tiny_policy_dir,
+        "--max-new-tokens",
+        "8",
+        "--batch-size",
+        "16",
+        "--no-think",
+        "--no-progress",
+    ]
     cli("coaug", "prepare", "--beir", scifact_slice, "--out", tmp_path / "corpus.jsonl")
     cli("coaug", "augment", "--beir", scifact_slice, "--side", "documents", "--kind", "sparse", *tiny,
         "--out", tmp_path / "docs")  # fmt: skip
