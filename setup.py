@@ -2,7 +2,15 @@
 
 from setuptools import find_packages, setup
 
-PACKAGES = ["expandsearch", "agent_env", "retriever_server", "data_prep", "eval"]
+PACKAGES = ["expandsearch", "agent_env", "retriever_server", "data_prep", "eval", "train_configs"]
+
+# Files the packages read at run time; a non-editable install (a wheel) has only what is listed here. "**" needs
+# setuptools >= 62.3 (recursive globs in package_data).
+PACKAGE_DATA = {
+    "train_configs": ["*.yaml", "**/*.yaml"],  # the default config of `expandsearch train` and the others
+    "eval": ["regressions/*.yaml"],  # the shipped regression files of `expandsearch regress`
+    "data_prep": ["sample_data/**/*"],  # the real data samples (data_prep.samples) and their README
+}
 
 # torch is installed first and alone (see Makefile): it is listed here without an upper pin so that
 # pip never replaces the local CPU build, and constraints.txt pins it exactly.
@@ -59,7 +67,7 @@ setup(
     description=__doc__,
     python_requires=">=3.10",
     packages=find_packages(include=[f"{name}*" for name in PACKAGES]),
-    package_data={"": ["*.yaml"]},
+    package_data=PACKAGE_DATA,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["expandsearch=expandsearch.cli:main"]},

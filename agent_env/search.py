@@ -6,6 +6,8 @@ the searches of every episode waiting at the same moment go out as one batch:
 
 - :class:`HttpSearch`: a retriever server (``expandsearch serve-retriever`` or Search-R1's), through the async
   client with its retries; the server micro-batches further across clients.
+- :class:`FailoverSearch`: several retriever servers (one per node, say): batches rotate over them, and a
+  server that stays down after its client's retries passes the batch to the next one.
 - :class:`LocalSearch`: an in-process index (``retriever_server.index_dir.load_index``), its ``batch_search``
   run in a worker thread so the event loop keeps generating for other episodes.
 """
@@ -19,7 +21,7 @@ from typing import Protocol, runtime_checkable
 
 from agent_env.batching import AsyncBatcher
 from retriever_server.base import Retriever, SearchHit
-from retriever_server.client import AsyncRetrieverClient
+from retriever_server.client import AsyncRetrieverClient, RetrieverUnavailableError
 
 HitLists = list[list[SearchHit]]
 
@@ -89,6 +91,42 @@ class HttpSearch(_BatchedSearch):
     async def aclose(self) -> None:
         await super().aclose()
         await self.client.aclose()
+
+
+class FailoverSearch(_BatchedSearch):
+    """Search through several retriever servers: each batch starts at the next server in turn (spreading load)
+    and moves on to the following one when a server is unavailable after its client's retries; only when all
+    are down does the batch fail (and the episodes are told). ``failovers`` counts the batches passed on."""
+
+    def __init__(self, clients: Sequence[AsyncRetrieverClient], *, max_batch_size: int = 256) -> None:
+        if not clients:
+            raise ValueError("FailoverSearch needs at least one retriever client")
+        self.clients = list(clients)
+        self.failovers = 0
+        self._next = 0
+        super().__init__(self._call_servers, max_batch_size)
+
+    @classmethod
+    def from_urls(cls, urls: Sequence[str], **client_options: object) -> FailoverSearch:
+        return cls([AsyncRetrieverClient(url, **client_options) for url in urls])  # type: ignore[arg-type]
+
+    async def _call_servers(self, queries: list[str], topk: int) -> HitLists:
+        start, self._next = self._next, (self._next + 1) % len(self.clients)
+        error: RetrieverUnavailableError | None = None
+        for offset in range(len(self.clients)):
+            client = self.clients[(start + offset) % len(self.clients)]
+            try:
+                return await client.retrieve(queries, topk=topk, return_scores=True)
+            except RetrieverUnavailableError as unavailable:
+                error = unavailable
+                self.failovers += offset + 1 < len(self.clients)
+        assert error is not None
+        raise error
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        for client in self.clients:
+            await client.aclose()
 
 
 class LocalSearch(_BatchedSearch):

@@ -36,7 +36,7 @@ MODES: dict[str, list[str]] = {
     "single": [
         "rollout.episode.max_variants=1",
         "rollout.episode.template=search_r1",
-        "warm_start.variant_mix=[]",
+        "warm_start.world_expert.variant_mix=[]",
     ],
 }
 """Search mode -> the ``expandsearch train`` overrides that make it."""

@@ -37,9 +37,8 @@ def main() -> None:
 
         torch.set_num_threads(config.torch_threads)
     with tempfile.TemporaryDirectory() as index_dir:
-        world, index = main_job.ensure_index(args.world, Path(index_dir) / "index")
-        trainer = main_job.build_trainer(config, args.policy, world, index)
-        kinds = {example.id: example.metadata.get("type", "?") for example in world.questions["train"]}
+        trainer = main_job.build_world_trainer(config, args.policy, args.world, Path(index_dir) / "index")
+        kinds = trainer.task.train.types
         cells: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
         try:
             for _ in range(args.batches):

@@ -105,7 +105,7 @@ def completion_reward(text: str, golden_answers: Sequence[str]) -> float:
 def tiny_random_policy(world: Any, out: Path, seed: int) -> Path:
     from agent_env.tiny_model import save_tiny_policy
     from expandsearch.rl.config import TrainConfig
-    from expandsearch.rl.main_job import warm_start_config
+    from expandsearch.rl.world import warm_start_config
 
     texts = [f"{passage.title}\n{passage.text}" for passage in world.passages]
     texts += [example.question for example in world.questions["train"]] + [build_prompt("question")]
@@ -189,10 +189,10 @@ class OurSteps:
 
 
 def build_ours(args: argparse.Namespace, policy_dir: Path, world_dir: Path, scratch: Path) -> OurSteps:
-    from expandsearch.rl.main_job import build_trainer, ensure_index
+    from expandsearch.rl.main_job import build_world_trainer
 
-    world, index = ensure_index(world_dir, scratch / "index")  # unused: a single-turn episode never searches
-    trainer = build_trainer(our_config(args, scratch / "ours"), policy_dir, world, index)
+    # the index is unused: a single-turn episode never searches
+    trainer = build_world_trainer(our_config(args, scratch / "ours"), policy_dir, world_dir, scratch / "index")
     assert trainer.updates_per_step == 1
     return OurSteps(trainer)
 
@@ -437,7 +437,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         world_dir = write_world_dir(args.size, args.seed, scratch / "world")
-        from expandsearch.warm_start import WorldData
+        from data_prep.synthetic import WorldData
 
         world = WorldData.load(world_dir)
         policy_dir = Path(args.policy) if args.policy else tiny_random_policy(world, scratch / "policy", args.seed)

@@ -89,7 +89,9 @@ def verl_row(
         "prompt": build_messages(example.question, template=template, max_variants=max_variants),
         "ability": ABILITY,
         "reward_model": {"style": "rule", "ground_truth": {"target": list(example.golden_answers)}},
-        "extra_info": {"split": split, "index": index, "question": example.question, "id": example.id},
+        "extra_info": {"split": split, "index": index, "question": example.question, "id": example.id}
+        # the question type (bridge, comparison, …) when the source has one: evaluations report EM by type
+        | ({"type": str(example.metadata["type"])} if example.metadata.get("type") else {}),
         "agent_name": AGENT_LOOP_NAME,
     }
 

@@ -657,3 +657,24 @@ class WorldLexicon:
 
 def questions_of_type(examples: Sequence[QAExample], qtype: str) -> list[QAExample]:
     return [example for example in examples if example.metadata["type"] == qtype]
+
+
+@dataclass(frozen=True)
+class WorldData:
+    """What a world directory written by :func:`write_world` holds: its passages, its questions by split and
+    its lexicon (the names the world's expert and renaming need)."""
+
+    passages: list[Passage]
+    questions: dict[str, list[QAExample]]
+    lexicon: WorldLexicon
+
+    @classmethod
+    def load(cls, world_dir: str | Path) -> WorldData:
+        from data_prep.formats import read_qa_jsonl
+        from retriever_server.corpus import load_passages
+
+        world = Path(world_dir)
+        if not (world / WORLD_FILE).is_file():
+            raise FileNotFoundError(f"{world}: no {WORLD_FILE}; make a world with `expandsearch world --out DIR`")
+        questions = {split: read_qa_jsonl(world / f"{split}.jsonl") for split in SPLITS}
+        return cls(load_passages(world / CORPUS_FILE), questions, WorldLexicon.load(world))

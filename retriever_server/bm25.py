@@ -17,6 +17,17 @@ from retriever_server.base import BatchRetriever, SearchHit
 from retriever_server.corpus import Passage, load_passages, write_wiki18_jsonl
 
 
+def _bm25s() -> Any:
+    """The bm25s module, with its logger quieted: it sets itself to DEBUG on import, so a command's own output
+    would be interleaved with its "Building index" lines wherever logging has a handler."""
+    import logging
+
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
 class BM25Index(BatchRetriever):
     """BM25 over an in-memory passage list."""
 
@@ -37,7 +48,7 @@ class BM25Index(BatchRetriever):
     ) -> BM25Index:
         """Index ``passages``; ``k1`` / ``b`` are BM25's (bm25s' defaults; Lucene/BEIR anchors use 0.9 / 0.4).
         bm25s scores at index time, so they are fixed here and saved with the index."""
-        import bm25s
+        bm25s = _bm25s()
 
         if not passages:
             raise ValueError("cannot index an empty corpus")
@@ -55,7 +66,7 @@ class BM25Index(BatchRetriever):
 
     def _batch_search(self, queries: list[str], k: int, threads: int) -> list[list[SearchHit]]:
         """Hits with no term overlap (score 0) are dropped, so a query may get fewer than k."""
-        import bm25s
+        bm25s = _bm25s()
 
         query_tokens = bm25s.tokenize(
             list(queries), stopwords="en", stemmer=self._stemmer, show_progress=False, return_ids=False
@@ -95,7 +106,7 @@ class BM25Index(BatchRetriever):
     @classmethod
     def load(cls, directory: str | Path, passages: Sequence[Passage] | None = None) -> BM25Index:
         """Load a saved index, with its own corpus copy or with ``passages`` (the same passages, same order)."""
-        import bm25s
+        bm25s = _bm25s()
 
         directory = Path(directory)
         settings = json.loads((directory / cls.SETTINGS_FILE).read_text())

@@ -29,47 +29,47 @@ SHOWN_METRICS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # defaults are the main job's (WarmStartConfig's, which equal expandsearch train's): shown, not restated
+    from expandsearch.world_expert import WarmStartConfig
+
+    default = WarmStartConfig()
     parser.add_argument("--world", required=True, help="world directory written by `expandsearch world`")
     parser.add_argument("--out", required=True, help="policy directory to write (transformers layout)")
     parser.add_argument(
-        "--pretrain-steps", type=int, default=None, help="LM steps on the world's search results first (default 300)"
+        "--pretrain-steps", type=int, help=f"LM steps on the world's search results first ({default.pretrain.steps})"
     )
-    parser.add_argument("--steps", type=int, default=None, help="behaviour-cloning steps (default 2500)")
-    parser.add_argument("--batch-size", type=int, default=None, help="trajectories per step (default 8)")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-3)")
+    parser.add_argument("--steps", type=int, help=f"behaviour-cloning steps ({default.bc.steps})")
+    parser.add_argument("--batch-size", type=int, help=f"trajectories per step ({default.bc.batch_size})")
+    parser.add_argument("--lr", type=float, help=f"peak learning rate ({default.bc.lr})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data order and the initial weights")
-    parser.add_argument("--demos", type=int, default=None, help="training questions the expert plays (default 2000)")
+    parser.add_argument("--demos", type=int, help=f"training questions the expert plays ({default.demonstrations})")
     parser.add_argument(
-        "--eval-questions", type=int, default=None, help="held-out test questions (default 48; 0: none)"
+        "--eval-questions", type=int, help=f"held-out test questions to evaluate on ({default.eval_questions}: none)"
     )
-    parser.add_argument("--hidden-size", type=int, default=None, help="width of the policy (default 128)")
-    parser.add_argument("--layers", type=int, default=None, help="transformer blocks of the policy (default 4)")
-    parser.add_argument("--vocab-size", type=int, default=None, help="tokenizer vocabulary target (default 4096)")
-    parser.add_argument(
-        "--squeezer", default=None, help="squeezer of demonstrations and evaluation (default extractive, as chat)"
-    )
+    parser.add_argument("--hidden-size", type=int, help=f"width of the policy ({default.model.hidden_size})")
+    parser.add_argument("--layers", type=int, help=f"transformer blocks ({default.model.num_hidden_layers})")
+    parser.add_argument("--vocab-size", type=int, help=f"tokenizer vocabulary target ({default.vocab_size})")
+    parser.add_argument("--squeezer", help=f"squeezer of demonstrations and evaluation ({default.squeezer})")
     parser.add_argument(
         "--name-shuffle",
         type=float,
-        default=None,
-        help="probability of renaming a demonstration's entities (default 1)",
+        help=f"probability of renaming a demonstration's entities ({default.name_shuffle})",
     )
 
 
 def build_config(args: argparse.Namespace) -> Any:
     """A WarmStartConfig from the defaults and whichever options were given."""
-    from expandsearch.warm_start import BCConfig, WarmStartConfig
+    from expandsearch.world_expert import WarmStartConfig
 
     config = WarmStartConfig(model_seed=args.seed)
     pretrain = replace(config.pretrain, **_given(args, steps="pretrain_steps"))
-    bc = _given(args, steps="steps", batch_size="batch_size", lr="lr")
+    bc = replace(config.bc, seed=args.seed, **_given(args, steps="steps", batch_size="batch_size", lr="lr"))
     model = _given(args, hidden_size="hidden_size", num_hidden_layers="layers")
     if "hidden_size" in model:
-        model["intermediate_size"] = 3 * model["hidden_size"]
+        model["intermediate_size"] = 4 * model["hidden_size"]
     top = _given(args, demonstrations="demos", eval_questions="eval_questions", vocab_size="vocab_size")
     top.update(_given(args, squeezer="squeezer", name_shuffle="name_shuffle"))
-    bc_config = BCConfig(seed=args.seed, **bc)
-    return replace(config, pretrain=pretrain, bc=bc_config, model=replace(config.model, **model), **top)
+    return replace(config, pretrain=pretrain, bc=bc, model=replace(config.model, **model), **top)
 
 
 def _given(args: argparse.Namespace, **fields: str) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def _given(args: argparse.Namespace, **fields: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from expandsearch.warm_start import METRICS_FILE, build_world_policy
+    from expandsearch.world_expert import METRICS_FILE, build_world_policy
 
     config = build_config(args)
     metrics = build_world_policy(args.world, args.out, config, log=lambda line: print(line, flush=True))

@@ -48,8 +48,13 @@ class RolloutBatch:
 
     @classmethod
     def from_trajectories(
-        cls, trajectories: Sequence[Trajectory], pad_token_id: int, group_ids: Sequence[str]
+        cls,
+        trajectories: Sequence[Trajectory],
+        pad_token_id: int,
+        group_ids: Sequence[str],
+        rewards: Sequence[float] | None = None,
     ) -> RolloutBatch:
+        """Pad ``trajectories`` into one batch on CPU; ``rewards`` (the task's scores) replace the episodes' own."""
         import torch
 
         if not trajectories:
@@ -73,11 +78,24 @@ class RolloutBatch:
             attention_mask=attention_mask,
             position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
             response_mask=response_mask,
-            rewards=torch.tensor([t.reward for t in trajectories], dtype=torch.float32),
+            rewards=torch.tensor(
+                [t.reward for t in trajectories] if rewards is None else list(rewards), dtype=torch.float32
+            ),
             group_ids=list(group_ids),
             rollout_log_probs=rollout_log_probs * response_mask,
             prompt_width=prompt_width,
         )
+
+    def to(self, device: Any) -> RolloutBatch:
+        """The batch with every tensor on ``device`` (rollouts are batched on CPU; the policy may be on a GPU)."""
+        import torch
+
+        moved: dict[str, Any] = {
+            item.name: value.to(device)
+            for item in fields(self)
+            if isinstance(value := getattr(self, item.name), torch.Tensor)
+        }
+        return replace(self, **moved)
 
     def __len__(self) -> int:
         return len(self.rewards)

@@ -17,7 +17,9 @@ from expandsearch.rl.algorithms import LOSS_AGG_MODES, check_kl_estimator
 
 @dataclass(frozen=True)
 class WorldSection:
-    """The synthetic world the agent is trained and evaluated on."""
+    """The synthetic world: a recipe that writes a world, its BM25 index and (with ``warm_start.kind:
+    world_expert``) a warm-started tiny policy under the run directory, which the trainer then takes like any
+    other data, index and policy."""
 
     size: Literal["tiny", "small", "medium"] = "tiny"
     """Preset of ``data_prep.synthetic.WORLD_SIZES`` (tiny: 588 passages, 756 training questions)."""
@@ -28,11 +30,114 @@ class WorldSection:
 
 
 @dataclass(frozen=True)
-class WarmStartSection:
-    """The supervised warm start: behaviour cloning of the scripted expert before RL."""
+class DataSection:
+    """The questions: verl-schema parquet files, or the synthetic world (exactly one of the two)."""
 
-    init: str | None = None
-    """An existing policy directory to start RL from; skips the warm start."""
+    train_files: tuple[str, ...] = ()
+    """Training parquet files (``expandsearch prepare qa`` / ``prepare mix``; verl's RL dataset schema)."""
+    val_files: tuple[str, ...] = ()
+    """Held-out parquet files: the evaluations during training and at the end."""
+    world: WorldSection | None = field(default_factory=WorldSection)
+    """The synthetic world instead of files (``null`` when train_files are given)."""
+    max_train_questions: int = 0
+    """Training questions kept after shuffling (0: all)."""
+    max_val_questions: int = 0
+    """Held-out questions kept, in file order (0: all)."""
+    shuffle_seed: int | None = None
+    """Seed of the order in which files' training questions are kept (None: the run's seed)."""
+
+    def __post_init__(self) -> None:
+        if self.world is not None and (self.train_files or self.val_files):
+            raise ValueError("data.world and data.train_files/val_files at once: set data.world=null to train on files")
+        if self.world is None and not (self.train_files and self.val_files):
+            raise ValueError("no data: give data.train_files and data.val_files (parquet), or a data.world section")
+        if self.max_train_questions < 0 or self.max_val_questions < 0:
+            raise ValueError("data.max_train_questions and max_val_questions must be >= 0")
+
+
+@dataclass(frozen=True)
+class TinyPolicySection:
+    """The from-scratch Qwen2 of ``policy.model: tiny`` (built by the world-expert warm start)."""
+
+    hidden_size: int = 64
+    """Width."""
+    intermediate_size: int = 256
+    """MLP width."""
+    layers: int = 2
+    """Transformer blocks."""
+    heads: int = 4
+    """Attention heads (the key/value heads are half of them)."""
+    vocab_size: int = 4096
+    """Target vocabulary of the tokenizer trained on the world's texts."""
+
+
+@dataclass(frozen=True)
+class PolicySection:
+    """The policy LLM that is trained."""
+
+    model: str = "tiny"
+    """A model spec as ``agent_env.models.load_causal_lm`` takes it (a transformers directory, a ``.gguf`` file,
+    ``smollm2``), or ``tiny``: a from-scratch Qwen2 with the world's tokenizer (needs warm_start.kind world_expert)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Weights and compute dtype of the policy (and its reference and critic); bfloat16 on GPUs."""
+    device: str = "cpu"
+    """cpu, cuda, cuda:1, … (``auto``: cuda when available)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, about a third more time)."""
+    trainable: Literal["all", "all_but_embeddings"] = "all"
+    """Which parameters train: ``all_but_embeddings`` freezes the input (and tied output) embeddings (a fifth of
+    SmolLM2-135M, whose 49k-token vocabulary dominates its optimizer state), so a 135M model fits a CPU budget."""
+    tiny: TinyPolicySection = field(default_factory=TinyPolicySection)
+    """Size of the ``tiny`` policy."""
+
+
+@dataclass(frozen=True)
+class RetrieverSection:
+    """Where episodes search: an index directory searched in-process, or running retriever servers."""
+
+    index: str | None = None
+    """Index directory (``expandsearch index``); with data.world and no urls, ``RUN_DIR/index`` is built."""
+    urls: tuple[str, ...] = ()
+    """URLs of running ``expandsearch serve-retriever`` or Search-R1 servers; requests rotate over them and fail
+    over to the next when one is down."""
+    token_env: str | None = None
+    """Environment variable holding the servers' bearer token."""
+    timeout_s: float = 30.0
+    """Per-request timeout; a failing request is retried (with back-off) before the episode is told."""
+    retries: int = 3
+    """Retries of a failing request per server."""
+
+    def __post_init__(self) -> None:
+        if self.index is not None and self.urls:
+            raise ValueError("retriever.index and retriever.urls at once: give one of them")
+        if self.timeout_s <= 0 or self.retries < 0:
+            raise ValueError("retriever.timeout_s must be > 0 and retriever.retries >= 0")
+
+
+@dataclass(frozen=True)
+class SFTSection:
+    """Masked supervised fine-tuning on demonstrations (``expandsearch prepare demos``): loss on policy tokens."""
+
+    demonstrations: tuple[str, ...] = ()
+    """Demonstration jsonl files, tokenized with this policy's tokenizer."""
+    steps: int = 100
+    """Optimizer steps."""
+    batch_size: int = 4
+    """Demonstrations per step."""
+    lr: float = 2e-5
+    """Peak learning rate (a pretrained model takes small steps)."""
+    warmup_steps: int = 10
+    """Steps of linear warm-up; cosine decay to a tenth afterwards."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.warmup_steps < 0:
+            raise ValueError("warm_start.sft needs steps >= 1, batch_size >= 1, lr > 0, warmup_steps >= 0")
+
+
+@dataclass(frozen=True)
+class WorldExpertSection:
+    """The synthetic world's warm start: pretraining on its search results, then cloning its scripted expert."""
+
     pretrain_steps: int = 600
     """Language-model steps on the world's search results first (the copying skills cloning needs; 0: none)."""
     pretrain_batch_size: int = 16
@@ -55,18 +160,21 @@ class WarmStartSection:
     variant_mix: tuple[int, ...] = (1, 2, 3)
     """Variants per search of the demonstrations, one of these per question (empty: ``max_variants`` always). A
     mix of one-, two- and three-variant searchers leaves RL a choice to learn; it must stay within max_variants."""
-    hidden_size: int = 64
-    """Width of the tiny Qwen2 policy."""
-    intermediate_size: int = 256
-    """MLP width of the tiny Qwen2 policy."""
-    layers: int = 2
-    """Transformer blocks of the tiny Qwen2 policy."""
-    heads: int = 4
-    """Attention heads (the key/value heads are half of them)."""
-    vocab_size: int = 4096
-    """Target vocabulary of the tokenizer trained on the world's texts."""
     eval_questions: int = 0
     """Held-out questions the warm start evaluates itself on (0: leave it to the main job's evaluation)."""
+
+
+@dataclass(frozen=True)
+class WarmStartSection:
+    """What happens to the policy before RL."""
+
+    kind: Literal["none", "sft", "world_expert"] = "world_expert"
+    """``none`` (RL starts from policy.model as it is), ``sft`` (masked fine-tuning on demonstrations) or
+    ``world_expert`` (the synthetic world's pretraining + cloning; needs data.world and policy.model tiny)."""
+    sft: SFTSection = field(default_factory=SFTSection)
+    """Settings of ``kind: sft``."""
+    world_expert: WorldExpertSection = field(default_factory=WorldExpertSection)
+    """Settings of ``kind: world_expert``."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +185,6 @@ class RolloutSection:
     """Training questions per step."""
     group_size: int = 4
     """Episodes sampled per question (GRPO's group; PPO uses them as more samples)."""
-    squeezer: str = "extractive"
-    """Squeezer spec (``agent_env.squeezers.make_squeezer``) of training and evaluation."""
     max_batch_size: int = 64
     """Most sequences the engine decodes in one batch."""
     max_concurrency: int = 256
@@ -201,9 +307,13 @@ class LoggingSection:
     """Write PNG training curves into the run directory at the end."""
 
 
+TASKS = ("qa_em",)
+"""Names of ``expandsearch.rl.tasks.TASKS`` (kept here so that validating a config imports no task code)."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """``expandsearch train``: world → BM25 index → warm start → RL → held-out evaluation."""
+    """``expandsearch train``: [world recipe →] warm start → RL → held-out evaluation of a search agent."""
 
     run_dir: str = "runs/demo"
     """Everything of the run goes here: world, index, policies, checkpoints, metrics, plots, summary.json."""
@@ -217,12 +327,20 @@ class TrainConfig:
     """Most recent checkpoints kept."""
     torch_threads: int = 0
     """Threads of torch's CPU kernels (0: leave torch's default)."""
-    device: str = "cpu"
-    """Device of the policy: cpu, cuda, cuda:1, … (``auto``: cuda when available)."""
-    world: WorldSection = field(default_factory=WorldSection)
-    """The synthetic world."""
+    task: str = "qa_em"
+    """What episodes are played and how a batch is scored (``expandsearch.rl.tasks``): ``qa_em`` answers
+    questions with the exact-match reward."""
+    data: DataSection = field(default_factory=DataSection)
+    """The questions."""
+    policy: PolicySection = field(default_factory=PolicySection)
+    """The policy LLM."""
+    retriever: RetrieverSection = field(default_factory=RetrieverSection)
+    """The retriever."""
+    squeezer: str = "extractive"
+    """Squeezer spec (``agent_env.squeezers.make_squeezer``) of training and evaluation: none, extractive[:N],
+    local:MODEL, openai:URL#model."""
     warm_start: WarmStartSection = field(default_factory=WarmStartSection)
-    """Behaviour cloning before RL."""
+    """Before RL."""
     rollout: RolloutSection = field(default_factory=RolloutSection)
     """Sampling episodes."""
     algorithm: AlgorithmSection = field(default_factory=AlgorithmSection)
@@ -238,11 +356,14 @@ class TrainConfig:
         for name in ("steps", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}")
+        self._check_sources()
         most = self.rollout.episode.max_variants
-        if any(not 1 <= variants <= most for variants in self.warm_start.variant_mix):
+        if any(not 1 <= variants <= most for variants in self.warm_start.world_expert.variant_mix):
             raise ValueError(
-                f"warm_start.variant_mix {list(self.warm_start.variant_mix)} must lie within 1..{most} "
-                "(rollout.episode.max_variants); use [] for always the maximum"
+                f"warm_start.world_expert.variant_mix {list(self.warm_start.world_expert.variant_mix)} must lie "
+                f"within 1..{most} (rollout.episode.max_variants); use [] for always the maximum"
             )
         episodes = self.rollout.questions_per_step * self.rollout.group_size
         if episodes % self.algorithm.mini_batch_size:
@@ -250,3 +371,17 @@ class TrainConfig:
                 f"a step's {episodes} episodes (questions_per_step x group_size) are not a multiple of "
                 f"algorithm.mini_batch_size {self.algorithm.mini_batch_size}"
             )
+
+    def _check_sources(self) -> None:
+        """The combinations of data, policy, retriever and warm start that make a run (no I/O: see preflight)."""
+        kind = self.warm_start.kind
+        if kind == "world_expert" and self.data.world is None:
+            raise ValueError("warm_start.kind world_expert needs data.world (use sft or none with data files)")
+        if kind == "world_expert" and self.policy.model != "tiny":
+            raise ValueError("warm_start.kind world_expert builds policy.model tiny; set policy.model=tiny")
+        if self.policy.model == "tiny" and kind != "world_expert":
+            raise ValueError("policy.model tiny is built by warm_start.kind world_expert; name a model to start from")
+        if kind == "sft" and not self.warm_start.sft.demonstrations:
+            raise ValueError("warm_start.kind sft needs warm_start.sft.demonstrations (expandsearch prepare demos)")
+        if self.data.world is None and self.retriever.index is None and not self.retriever.urls:
+            raise ValueError("no retriever: give retriever.index (a directory) or retriever.urls (running servers)")

@@ -1,13 +1,18 @@
-"""Held-out evaluation of a policy on the synthetic world: greedy episodes through the real environment."""
+"""Held-out evaluation of a policy during and after training: greedy episodes through the real environment.
+
+:func:`evaluate_policy` plays a loaded model (the trainer's, between steps); :func:`evaluate_model` loads a saved
+one first (the main job's before/after-RL rows). Both summarise with :func:`summarize`: metrics, EM by question
+type and every question's reward, so two evaluations can be compared question by question
+(:func:`paired_difference`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
 from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +20,8 @@ if TYPE_CHECKING:
     from agent_env.episode import EpisodeConfig, Trajectory
     from agent_env.rollout import EpisodeInput
     from agent_env.search import SearchBackend
-    from retriever_server.bm25 import BM25Index
+    from expandsearch.rl.config import PolicySection
+    from expandsearch.rl.sources import Questions
 
 SHOWN = ("reward_mean", "valid_action_rate", "searches", "variants_per_search", "turns")
 """Headline metrics (``rollout/…`` keys without the prefix) kept in the summary."""
@@ -32,24 +38,37 @@ def evaluate_policy(
     types: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """``{"metrics": {...}, "em_by_type": {...}, "reward_by_question": {...}}`` of greedy episodes of ``model`` on
-    ``inputs``."""
+    ``inputs`` (``search`` stays open: it is the caller's)."""
+    play = greedy_episodes(model, tokenizer, lambda: search, inputs, episode, squeezer, close_search=False)
+    trajectories = loop.run_until_complete(play) if loop is not None else asyncio.run(play)
+    return summarize(trajectories, types or {})
+
+
+async def greedy_episodes(
+    model: Any,
+    tokenizer: Any,
+    searcher: Callable[[], SearchBackend],
+    inputs: Sequence[EpisodeInput],
+    episode: EpisodeConfig,
+    squeezer: str,
+    *,
+    close_search: bool = True,
+) -> list[Trajectory]:
+    """Greedy episodes of ``model`` on ``inputs`` with a fresh engine and squeezer (closed afterwards)."""
     from agent_env.engine import TransformersEngine
     from agent_env.episode import AgentEnv
     from agent_env.rollout import RolloutRunner
     from agent_env.squeezers import make_squeezer
 
     engine = TransformersEngine(model, tokenizer)
-    env = AgentEnv(engine, tokenizer, search, make_squeezer(squeezer), replace(episode, temperature=0.0))
-
-    async def play() -> list[Trajectory]:
-        try:
-            return await RolloutRunner(env).run(list(inputs))
-        finally:
-            await engine.aclose()
-            await env.squeezer.aclose()
-
-    trajectories = loop.run_until_complete(play()) if loop is not None else asyncio.run(play())
-    return summarize(trajectories, types or {})
+    env = AgentEnv(engine, tokenizer, searcher(), make_squeezer(squeezer), replace(episode, temperature=0.0))
+    try:
+        return await RolloutRunner(env).run(list(inputs))
+    finally:
+        await engine.aclose()
+        await env.squeezer.aclose()
+        if close_search:
+            await env.search.aclose()
 
 
 def summarize(trajectories: Sequence[Trajectory], types: Mapping[str, str]) -> dict[str, Any]:
@@ -94,21 +113,21 @@ def sign_test_p(wins: int, losses: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def evaluate_directory(
-    policy_dir: Path,
-    index: BM25Index,
-    inputs: Sequence[EpisodeInput],
+def evaluate_model(
+    spec: str,
+    policy: PolicySection,
+    searcher: Callable[[], SearchBackend],
+    questions: Questions,
     episode: EpisodeConfig,
     squeezer: str,
-    types: Mapping[str, str],
-    device: str = "cpu",
 ) -> dict[str, Any]:
-    """:func:`evaluate_policy` of the policy saved in ``policy_dir``, searching ``index`` in-process."""
+    """:func:`summarize` of greedy episodes of the saved policy ``spec`` (loaded on the policy section's device
+    and dtype) on ``questions``, searching a fresh ``searcher()``."""
     from agent_env.models import load_causal_lm
-    from agent_env.search import LocalSearch
+    from expandsearch.rl.sources import resolve_device
 
-    model, tokenizer = load_causal_lm(str(policy_dir), device=None if device == "auto" else device, dtype="float32")
-    search = LocalSearch(index)
-    result = evaluate_policy(model, tokenizer, search, inputs, episode, squeezer, types=types)
-    result["policy"] = str(policy_dir)
+    model, tokenizer = load_causal_lm(spec, device=resolve_device(policy.device), dtype=policy.dtype)
+    play = greedy_episodes(model, tokenizer, searcher, questions.inputs, episode, squeezer)
+    result = summarize(asyncio.run(play), questions.types)
+    result["policy"] = spec
     return result

@@ -1,11 +1,16 @@
-"""The main job (``expandsearch train``, ``make demo``): world → BM25 index → warm start → RL → held-out evaluation.
+"""The main job (``expandsearch train``, ``make demo``): [make the artifacts →] warm start → RL → evaluation.
+
+Two halves. The first *makes artifacts*: with a ``data.world`` section the synthetic world recipe writes a world,
+its BM25 index and (``warm_start.kind: world_expert``) a cloned tiny policy (:mod:`expandsearch.rl.world`);
+with ``warm_start.kind: sft`` a pretrained policy is fine-tuned on demonstrations (``expandsearch prepare
+demos``). The second *trains on artifacts*, whatever made them: verl-schema parquet files, an index directory or
+retriever servers, a policy model spec, a squeezer — the same settings the verl backend reads.
 
 Everything lands in ``config.run_dir``::
 
     config.yaml        the resolved configuration (a resumed run must match it)
-    world/             the synthetic world (corpus, splits, world.json)
-    index/             its BM25 index (``expandsearch chat --index``)
-    warm_start/        the behaviour-cloned policy (transformers layout) and warm_start.json
+    world/, index/     the synthetic world and its BM25 index (world runs only)
+    warm_start/        the warm-started policy (transformers layout) and its record (world_expert or sft)
     checkpoints/       step_NNNNNNN/ (model, optimizer, scheduler, RNG, step, data position)
     metrics.jsonl      one row per RL step; tensorboard/ beside it
     policy/            the policy after RL (transformers layout)
@@ -13,7 +18,8 @@ Everything lands in ``config.run_dir``::
     *.png              training curves
 
 Each stage that already finished is reused when the job runs again (``--resume`` continues RL from the last
-checkpoint), so a killed demo loses at most the steps since its last checkpoint.
+checkpoint), so a killed run loses at most the steps since its last checkpoint. Before anything heavy runs,
+:func:`expandsearch.rl.sources.preflight` checks every file, model path and server the config names.
 """
 
 from __future__ import annotations
@@ -30,12 +36,14 @@ if TYPE_CHECKING:
     from agent_env.episode import EpisodeConfig
     from agent_env.rollout import EpisodeInput
     from expandsearch.rl.config import TrainConfig
+    from expandsearch.rl.sources import Questions, Searcher
+    from expandsearch.rl.tasks import Task
     from expandsearch.rl.trainer import Trainer
-    from expandsearch.warm_start import WorldData
-    from retriever_server.bm25 import BM25Index
 
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
+SFT_RECORD = "sft.json"
+"""Written into an SFT warm start's directory: its settings, its demonstrations' digests and its metrics."""
 EVALUATIONS = ("warm start", "after RL", "after RL, 1 query/search")
 """The rows of the summary table: the policy before RL, after RL, and after RL with only its first variant run."""
 PAIRED = (("after RL", "warm start"), ("after RL, 1 query/search", "after RL"))
@@ -59,31 +67,65 @@ def run_main_job(config: TrainConfig, *, resume: bool = False, log: Callable[[st
     """Run (or resume) the whole job; returns the summary also written to ``summary.json``."""
     import torch
 
+    from expandsearch.rl.sources import preflight
+
+    preflight(config)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     run_dir = Path(config.run_dir)
     _record_config(config, run_dir, resume)
     timings: dict[str, float] = {}
-    with stage(timings, "world", log):
-        world_dir = ensure_world(config, run_dir, log)
-    with stage(timings, "index", log):
-        world, index = ensure_index(world_dir, run_dir / "index")
-    with stage(timings, "warm start", log):
-        warm_start_dir = ensure_warm_start(config, world_dir, run_dir / "warm_start", log)
+    on_artifacts = make_artifacts(config, run_dir, timings, log)
+    summary = train_on_artifacts(on_artifacts, run_dir, timings, resume=resume, log=log)
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    if config.logging.plots:
+        _plot(run_dir)
+    return summary
+
+
+def make_artifacts(
+    config: TrainConfig, run_dir: Path, timings: dict[str, float], log: Callable[[str], None]
+) -> TrainConfig:
+    """The first half: run the world recipe and the warm start; returns the config on their artifacts (its
+    policy the warm-started one, ``warm_start.kind`` none, and for a world run its files and index)."""
+    from expandsearch.rl import world
+
+    if config.data.world is not None:
+        with stage(timings, "world", log):
+            world_dir = world.ensure_world(config, run_dir, log)
+        with stage(timings, "index", log):
+            index_dir = world.ensure_index(world_dir, run_dir / "index")
+        policy = config.policy.model
+        if config.warm_start.kind == "world_expert":
+            with stage(timings, "warm start", log):
+                policy = str(world.ensure_world_expert(config, world_dir, run_dir / "warm_start", log))
+        config = world.world_artifacts(config, world_dir, index_dir, policy)
+    if config.warm_start.kind == "sft":
+        with stage(timings, "warm start", log):
+            policy = str(ensure_sft(config, run_dir / "warm_start", log))
+        config = replace(config, policy=replace(config.policy, model=policy))
+    return replace(config, warm_start=replace(config.warm_start, kind="none"))
+
+
+def train_on_artifacts(
+    config: TrainConfig, run_dir: Path, timings: dict[str, float], *, resume: bool, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """The second half: GRPO/PPO from ``policy.model`` on the task's data, then the held-out evaluations."""
+    from expandsearch.rl.sources import make_searcher
+    from expandsearch.rl.tasks import build_task
+
+    task = build_task(config)
+    searcher = make_searcher(config.retriever)
     with stage(timings, "rl", log):
-        trainer = build_trainer(config, warm_start_dir, world, index)
+        trainer = build_trainer(config, config.policy.model, task, searcher)
         try:
             train(trainer, run_dir, resume=resume, log=log)
             _save_policy(trainer, run_dir / "policy")
         finally:
             trainer.close()
     with stage(timings, "evaluation", log):
-        evaluations = evaluate_all(config, warm_start_dir, run_dir / "policy", world, index)
-    summary = {"evaluations": evaluations, "paired": paired(evaluations), "timings_s": timings, "run_dir": str(run_dir)}
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
-    if config.logging.plots:
-        _plot(run_dir)
-    return summary
+        evaluations = evaluate_all(config, config.policy.model, run_dir / "policy", task.held_out, searcher)
+    return {"evaluations": evaluations, "paired": paired(evaluations), "timings_s": timings, "run_dir": str(run_dir)}
 
 
 def _record_config(config: TrainConfig, run_dir: Path, resume: bool) -> None:
@@ -113,137 +155,61 @@ def _diff(left: Any, right: Any, prefix: str = "") -> set[str]:
 # --- stages ----------------------------------------------------------------------------------------------------------
 
 
-def ensure_world(config: TrainConfig, run_dir: Path, log: Callable[[str], None] = print) -> Path:
-    """The configured world directory, or one generated under ``run_dir/world`` (reused when its recorded
-    configuration is the one asked for, regenerated otherwise)."""
-    from data_prep.synthetic import WORLD_FILE, WORLD_SIZES, generate_world, write_world
+def ensure_sft(config: TrainConfig, out_dir: Path, log: Callable[[str], None]) -> Path:
+    """``policy.model`` fine-tuned on the demonstrations (masked loss on policy tokens), in ``out_dir``; reused
+    when made with the same model, settings and demonstration files."""
+    from expandsearch.config import config_to_dict
+    from expandsearch.rl.sources import load_policy
+    from expandsearch.rl.world import recorded
+    from expandsearch.sft import BCConfig, behaviour_cloning, read_demonstrations, save_policy
+    from retriever_server.index_dir import file_sha256
 
-    if config.world.path:
-        return Path(config.world.path)
-    world_dir = run_dir / "world"
-    wanted = replace(WORLD_SIZES[config.world.size], seed=config.world.seed)
-    if _recorded(world_dir / WORLD_FILE, "config") == _plain(wanted):
-        return world_dir
-    if (world_dir / WORLD_FILE).is_file():
-        log(f"   {world_dir} was generated with another world config: generating it again")
-    write_world(generate_world(wanted), world_dir)
-    return world_dir
-
-
-def ensure_index(world_dir: Path, index_dir: Path) -> tuple[WorldData, BM25Index]:
-    """The world and its BM25 index: an index directory (``expandsearch chat --index``, ``expandsearch eval
-    --index``), built over the world's corpus unless one of exactly that corpus is there already."""
-    from data_prep.synthetic import CORPUS_FILE
-    from expandsearch.warm_start import WorldData
-    from retriever_server.bm25 import BM25Index
-    from retriever_server.index_dir import MANIFEST, build_index, file_sha256, load_index
-
-    world = WorldData.load(world_dir)
-    corpus = world_dir / CORPUS_FILE
-    built_over = (_recorded(index_dir / MANIFEST, "corpus") or {}).get("sha256")
-    if built_over != file_sha256(corpus):
-        build_index(corpus, "bm25", index_dir, progress=False)
-    index = load_index(index_dir)
-    assert isinstance(index, BM25Index)
-    return world, index
-
-
-def ensure_warm_start(config: TrainConfig, world_dir: Path, out_dir: Path, log: Callable[[str], None]) -> Path:
-    """The policy RL starts from: ``warm_start.init``, an earlier warm start in ``out_dir`` made with the same
-    settings from the same world, or a new one."""
-    from data_prep.synthetic import WORLD_FILE
-    from expandsearch.warm_start import METRICS_FILE, build_world_policy
-
-    if config.warm_start.init:
-        return Path(config.warm_start.init)
-    settings = warm_start_config(config)
-    record_file = out_dir / METRICS_FILE
-    same_settings = _recorded(record_file, "config") == _plain(settings)
-    # like make: a world written after the warm start (regenerated with another config) makes it stale
-    if same_settings and _newer(record_file, world_dir / WORLD_FILE):
+    section = config.warm_start.sft
+    settings = {
+        "model": config.policy.model,
+        "policy": config_to_dict(config.policy),
+        "sft": config_to_dict(section),
+        "seed": config.seed,
+        "demonstrations_sha256": [file_sha256(Path(path)) for path in section.demonstrations],
+    }
+    if recorded(out_dir / SFT_RECORD, "settings") == settings:
         log(f"   reusing the warm start in {out_dir}")
         return out_dir
-    build_world_policy(world_dir, out_dir, settings, log=log)
+    model, tokenizer = load_policy(config.policy.model, config.policy)
+    demonstrations = read_demonstrations(section.demonstrations, tokenizer)
+    log(f"   {len(demonstrations)} demonstrations from {', '.join(section.demonstrations)}")
+    loop = BCConfig(
+        steps=section.steps,
+        batch_size=section.batch_size,
+        lr=section.lr,
+        warmup_steps=section.warmup_steps,
+        seed=config.seed,
+        log_every=max(1, section.steps // 10),
+    )
+    metrics = behaviour_cloning(model, tokenizer, demonstrations, loop, log=lambda row: log(f"   sft {_sft_line(row)}"))
+    save_policy(model, tokenizer, out_dir)
+    metrics.pop("history", None)
+    (out_dir / SFT_RECORD).write_text(json.dumps({"settings": settings, "metrics": metrics}, indent=1) + "\n")
     return out_dir
 
 
-def _recorded(path: Path, key: str) -> Any:
-    """``key`` of the JSON file at ``path`` (None when the file is missing or unreadable)."""
-    try:
-        return json.loads(path.read_text()).get(key)
-    except (OSError, ValueError, AttributeError):
-        return None
+def _sft_line(row: dict[str, float]) -> str:
+    return f"step {row['bc/step']:4.0f}  loss {row['bc/loss']:.4f}  lr {row['bc/lr']:.2e}  {row['perf/seconds']:.1f} s"
 
 
-def _newer(path: Path, than: Path) -> bool:
-    return path.is_file() and than.is_file() and path.stat().st_mtime >= than.stat().st_mtime
-
-
-def _plain(settings: Any) -> Any:
-    """A dataclass as the JSON it is recorded as (tuples become lists)."""
-    from dataclasses import asdict
-
-    return json.loads(json.dumps(asdict(settings)))
-
-
-def warm_start_config(config: TrainConfig) -> Any:
-    from agent_env.tiny_model import TinyQwen2Config
-    from expandsearch.warm_start import BCConfig, PretrainConfig, WarmStartConfig
-
-    section = config.warm_start
-    model = TinyQwen2Config(
-        hidden_size=section.hidden_size,
-        intermediate_size=section.intermediate_size,
-        num_hidden_layers=section.layers,
-        num_attention_heads=section.heads,
-        num_key_value_heads=max(1, section.heads // 2),
-    )
-    bc = BCConfig(steps=section.steps, batch_size=section.batch_size, lr=section.lr, seed=config.seed)
-    pretrain = PretrainConfig(steps=section.pretrain_steps, batch_size=section.pretrain_batch_size, lr=section.lr)
-    return WarmStartConfig(
-        pretrain=pretrain,
-        bc=bc,
-        model=model,
-        model_seed=config.seed,
-        vocab_size=section.vocab_size,
-        demonstrations=section.demonstrations,
-        name_shuffle=section.name_shuffle,
-        variant_mix=section.variant_mix,
-        count_facts=section.count_facts,
-        eval_questions=section.eval_questions,
-        squeezer=config.rollout.squeezer,
-        episode=replace(config.rollout.episode, temperature=0.0),
-    )
-
-
-def build_trainer(config: TrainConfig, policy_dir: Path, world: WorldData, index: BM25Index) -> Trainer:
+def build_trainer(config: TrainConfig, policy: str, task: Task, searcher: Searcher) -> Trainer:
+    """The trainer for ``task``, RL starting from the policy spec ``policy``, episodes searching ``searcher()``."""
     from agent_env.engine import TransformersEngine
     from agent_env.episode import AgentEnv
-    from agent_env.models import load_causal_lm
-    from agent_env.search import LocalSearch
     from agent_env.squeezers import make_squeezer
+    from expandsearch.rl.sources import load_policy
     from expandsearch.rl.trainer import Trainer
 
-    model, tokenizer = load_causal_lm(str(policy_dir), device=_device(config.device), dtype="float32")
+    model, tokenizer = load_policy(policy, config.policy)
     rollout = config.rollout
     engine = TransformersEngine(model, tokenizer, max_batch_size=rollout.max_batch_size, seed=config.seed)
-    env = AgentEnv(engine, tokenizer, LocalSearch(index), make_squeezer(rollout.squeezer), rollout.episode)
-    held_out = _inputs(world, "test")[: config.eval.during_training_questions]
-    return Trainer(config, model, tokenizer, env, _inputs(world, "train"), held_out)
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def _inputs(world: WorldData, split: str) -> list[Any]:
-    from agent_env.rollout import EpisodeInput
-
-    return [EpisodeInput(e.question, tuple(e.golden_answers), e.id) for e in world.questions[split]]
+    env = AgentEnv(engine, tokenizer, searcher(), make_squeezer(config.squeezer), rollout.episode)
+    return Trainer(config, model, tokenizer, env, task)
 
 
 def train(trainer: Trainer, run_dir: Path, *, resume: bool, log: Callable[[str], None]) -> None:
@@ -307,33 +273,32 @@ def greedy_evaluation(trainer: Trainer, inputs: Sequence[EpisodeInput]) -> dict[
         trainer.env.search,
         inputs,
         config.rollout.episode,
-        config.rollout.squeezer,
+        config.squeezer,
         trainer.loop,
+        types=trainer.task.held_out.types,
     )
 
 
 def _save_policy(trainer: Trainer, out_dir: Path) -> None:
-    from expandsearch.warm_start import save_policy
+    from expandsearch.sft import save_policy
 
     save_policy(trainer.policy, trainer.tokenizer, out_dir)
 
 
 def evaluate_all(
-    config: TrainConfig, warm_start_dir: Path, policy_dir: Path, world: WorldData, index: BM25Index
+    config: TrainConfig, warm_start: str, policy_dir: Path, held_out: Questions, searcher: Searcher
 ) -> dict[str, Any]:
-    """Greedy held-out evaluations of :data:`EVALUATIONS` on the test split."""
-    from expandsearch.rl.evaluation import evaluate_directory
+    """Greedy held-out evaluations of :data:`EVALUATIONS`: the policy RL started from, the policy after RL, and
+    the latter restricted to one query per search."""
+    from expandsearch.rl.evaluation import evaluate_model
 
-    questions = _inputs(world, "test")
-    if config.eval.questions:
-        questions = questions[: config.eval.questions]
-    types = {example.id: example.metadata.get("type", "all") for example in world.questions["test"]}
+    questions = held_out.limit(config.eval.questions)
     episode: EpisodeConfig = config.rollout.episode
     one_query = replace(episode, search_variants=1)
-    runs = [(warm_start_dir, episode), (policy_dir, episode), (policy_dir, one_query)]
+    runs = [(warm_start, episode), (str(policy_dir), episode), (str(policy_dir), one_query)]
     return {
-        name: evaluate_directory(path, index, questions, settings, config.rollout.squeezer, types, config.device)
-        for name, (path, settings) in zip(EVALUATIONS, runs, strict=True)
+        name: evaluate_model(spec, config.policy, searcher, questions, settings, config.squeezer)
+        for name, (spec, settings) in zip(EVALUATIONS, runs, strict=True)
     }
 
 
@@ -357,3 +322,19 @@ def _plot(run_dir: Path) -> None:
     train_rows = [{key: value for key, value in row.items() if not key.startswith("eval/")} for row in rows]
     eval_rows = [row for row in rows if any(key.startswith("eval/") for key in row)]
     plot_metrics(train_rows, run_dir, eval_rows=eval_rows)
+
+
+def build_world_trainer(
+    config: TrainConfig, policy: str | Path, world_dir: Path, index_dir: Path, train: Questions | None = None
+) -> Trainer:
+    """:func:`build_trainer` on a world's artifacts (tests, benchmarks): its parquet splits, a BM25 index built in
+    ``index_dir`` when missing, RL from ``policy``; ``train`` replaces the training questions."""
+    from expandsearch.rl import world
+    from expandsearch.rl.sources import make_searcher
+    from expandsearch.rl.tasks import build_task
+
+    on_world = world.world_artifacts(config, world_dir, world.ensure_index(world_dir, index_dir), str(policy))
+    task = build_task(on_world)
+    if train is not None:
+        task = replace(task, train=train)  # type: ignore[type-var]
+    return build_trainer(on_world, str(policy), task, make_searcher(on_world.retriever))

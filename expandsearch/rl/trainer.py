@@ -4,7 +4,9 @@ One step, top to bottom (:meth:`Trainer.train_step`), each stage timed under ``t
 
 1. ``rollout`` — ``questions_per_step`` training questions, ``group_size`` episodes each, sampled through the real
    environment (:class:`agent_env.rollout.RolloutRunner`: micro-batched decoding, batched retrieval, squeezer);
-2. ``reward`` — the episodes' outcome rewards onto their last policy token (optionally minus a KL penalty);
+2. ``reward`` — the task scores the whole batch (:mod:`expandsearch.rl.tasks`; exact match per episode for QA),
+   each outcome reward onto its episode's last policy token (optionally minus a KL penalty); the batch moves to
+   the policy's device;
 3. ``old_log_prob`` / ``ref_log_prob`` — log-probs of the sampled tokens under the policy before the update and
    under the frozen reference (the warm-started policy);
 4. ``values`` — the critic's values (PPO only);
@@ -40,6 +42,7 @@ from expandsearch.rl.schedule import lr_lambda
 if TYPE_CHECKING:
     from agent_env.episode import AgentEnv, Trajectory
     from expandsearch.rl.config import TrainConfig
+    from expandsearch.rl.tasks import Task
 
 
 @contextlib.contextmanager
@@ -84,34 +87,31 @@ class DataOrder:
 
 
 class Trainer:
-    """GRPO/PPO on a causal LM policy, playing episodes in ``env`` (whose engine decodes with ``policy``)."""
+    """GRPO/PPO on a causal LM policy, playing ``task``'s episodes in ``env`` (whose engine decodes with
+    ``policy``)."""
 
-    def __init__(
-        self,
-        config: TrainConfig,
-        policy: Any,
-        tokenizer: Any,
-        env: AgentEnv,
-        questions: Sequence[EpisodeInput],
-        eval_inputs: Sequence[EpisodeInput] = (),
-    ) -> None:
+    def __init__(self, config: TrainConfig, policy: Any, tokenizer: Any, env: AgentEnv, task: Task) -> None:
         self.config = config
         self.policy = policy
         self.tokenizer = tokenizer
         self.env = env
-        self.questions = list(questions)
-        self.eval_inputs = list(eval_inputs)
+        self.task = task
+        self.questions: list[EpisodeInput] = list(task.train.inputs)
+        self.eval_inputs: list[EpisodeInput] = task.held_out.inputs[: config.eval.during_training_questions]
         """Held-out questions of the evaluations during training (``eval.every``)."""
+        self.device = next(policy.parameters()).device
         self.algorithm = config.algorithm
         self.step = 0
         self.data = DataOrder(len(self.questions), config.seed)
         self.loop = asyncio.new_event_loop()
         needs_reference = self.algorithm.use_kl_loss or self.algorithm.use_kl_in_reward
         self.reference = _frozen_copy(policy) if needs_reference else None
-        self.optimizer, self.scheduler = self._optimizer(policy.parameters(), config.optim.lr)
+        # only what trains: policy.trainable all_but_embeddings leaves the embeddings out (and out of AdamW's state)
+        trainable = [parameter for parameter in policy.parameters() if parameter.requires_grad]
+        self.optimizer, self.scheduler = self._optimizer(trainable, config.optim.lr)
         self.critic: ValueModel | None = None
         if self.algorithm.estimator == "gae":
-            self.critic = ValueModel.from_policy(policy).to(next(policy.parameters()).device)
+            self.critic = ValueModel.from_policy(policy).to(self.device)
             self.critic_optimizer, self.critic_scheduler = self._optimizer(
                 self.critic.parameters(), config.optim.critic_lr
             )
@@ -168,6 +168,7 @@ class Trainer:
         if self.step > self.algorithm.critic_warmup or self.critic is None:
             with timed(metrics, "update_actor"):
                 metrics |= self.update_actor(batch)
+            _clear_engine_cache(self.env.engine)
         metrics |= summarize_rollouts(trajectories) | _batch_metrics(batch, self.temperature)
         metrics["timing/step"] = time.perf_counter() - started
         metrics["perf/tokens_per_s"] = float(batch.attention_mask.sum()) / metrics["timing/step"]
@@ -186,7 +187,8 @@ class Trainer:
     def reward(self, trajectories: Sequence[Trajectory]) -> RolloutBatch:
         group_size = self.config.rollout.group_size
         groups = [f"{self.step}/{index // group_size}" for index in range(len(trajectories))]
-        batch = RolloutBatch.from_trajectories(trajectories, self.pad_token_id, groups)
+        rewards = self.task.score(trajectories)
+        batch = RolloutBatch.from_trajectories(trajectories, self.pad_token_id, groups, rewards).to(self.device)
         batch.token_rewards = algorithms.outcome_token_rewards(batch.rewards, batch.response_mask)
         return batch
 
@@ -343,7 +345,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "data": self.data.state_dict(),
             "rng": capture_rng_state(),
-            "engine_generator": self.env.engine._generator.get_state(),  # type: ignore[attr-defined]
+            "engine": _engine_state(self.env.engine),
         }
         if self.critic is not None:
             state["critic"] = self.critic.state_dict()
@@ -360,7 +362,9 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.load_state_dict(state["data"])
         restore_rng_state(state["rng"])
-        self.env.engine._generator.set_state(state["engine_generator"])  # type: ignore[attr-defined]
+        if state.get("engine") is not None:
+            self.env.engine.load_state_dict(state["engine"])  # type: ignore[attr-defined]
+        _clear_engine_cache(self.env.engine)
         if self.critic is not None:
             self.critic.load_state_dict(state["critic"])
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
@@ -371,6 +375,20 @@ class Trainer:
 
         self.loop.run_until_complete(close_env(self.env))
         self.loop.close()
+
+
+def _clear_engine_cache(engine: Any) -> None:
+    """Drop the engine's cross-turn KV cache after the weights changed in place: the cached keys and values were
+    computed by the old weights (a remote engine has no such cache)."""
+    clear_cache = getattr(engine, "clear_cache", None)
+    if clear_cache is not None:
+        clear_cache()
+
+
+def _engine_state(engine: Any) -> dict[str, Any] | None:
+    """The engine's sampling state when it has one (an in-process engine; a remote server keeps its own)."""
+    state_dict = getattr(engine, "state_dict", None)
+    return state_dict() if callable(state_dict) else None
 
 
 def _frozen_copy(model: Any) -> Any:

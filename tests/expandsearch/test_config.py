@@ -105,12 +105,24 @@ def test_the_default_config_file_holds_the_dataclass_defaults() -> None:
 
 def test_warm_start_settings_reach_the_world_policy_builder() -> None:
     from expandsearch.rl.config import TrainConfig as RLTrainConfig
-    from expandsearch.rl.main_job import warm_start_config
+    from expandsearch.rl.world import warm_start_config
 
     for count_facts in (True, False):
-        overrides = [f"warm_start.count_facts={str(count_facts).lower()}", "warm_start.variant_mix=[1, 3]"]
+        overrides = [
+            f"warm_start.world_expert.count_facts={str(count_facts).lower()}",
+            "warm_start.world_expert.variant_mix=[1, 3]",
+        ]
         built = warm_start_config(load_config(RLTrainConfig, overrides=overrides))
         assert (built.count_facts, built.variant_mix) == (count_facts, (1, 3))
+
+
+def test_warm_start_command_and_train_share_the_world_experts_defaults() -> None:
+    # `expandsearch warm-start` builds WarmStartConfig(); `expandsearch train` derives its settings from TrainConfig
+    from expandsearch.rl.config import TrainConfig as RLTrainConfig
+    from expandsearch.rl.world import warm_start_config
+    from expandsearch.world_expert import WarmStartConfig
+
+    assert warm_start_config(RLTrainConfig()) == WarmStartConfig()
 
 
 def test_partial_file_keeps_other_defaults_of_a_section(tmp_path: Path) -> None:
@@ -291,3 +303,14 @@ def test_every_episode_config_field_is_documented() -> None:
     assert missing_docs(EpisodeConfig) == []
     assert "max_variants" in describe_config(EpisodeConfig)
     assert load_config(EpisodeConfig, overrides=["topk=5"]).topk == 5
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[2] / "train_configs").glob("*.yaml")), ids=lambda path: path.name
+)
+def test_every_shipped_train_config_loads_and_validates(path: Path) -> None:
+    # the GPU configs cannot run here, but a typo in them must fail here, not on the cluster
+    from expandsearch.rl.config import TrainConfig as RLTrainConfig
+
+    config = load_config(RLTrainConfig, path)
+    assert config.data.world is not None or (config.data.train_files and config.data.val_files)

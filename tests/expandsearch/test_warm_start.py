@@ -23,23 +23,19 @@ from agent_env.squeezers import NoSqueezer
 from agent_env.tiny_model import TinyQwen2Config, build_tiny_qwen2, train_tokenizer
 from data_prep.expert_policy import expert_policy
 from data_prep.formats import QAExample
-from data_prep.synthetic import World, WorldLexicon, write_world
+from data_prep.synthetic import World, WorldData, WorldLexicon, write_world
 from data_prep.tokenizer_corpus import tokenizer_corpus
-from expandsearch.warm_start import (
+from expandsearch.sft import (
     IGNORE_INDEX,
-    METRICS_FILE,
     BCConfig,
-    NameShuffle,
-    WarmStartConfig,
-    WorldData,
     bc_example,
     bc_loss,
     behaviour_cloning,
     collate,
-    evaluate_world_policy,
     length_grouped_batches,
     lr_factor,
 )
+from expandsearch.world_expert import METRICS_FILE, NameShuffle, WarmStartConfig, evaluate_world_policy
 from retriever_server.bm25 import BM25Index
 
 MICRO = TinyQwen2Config(

@@ -18,8 +18,8 @@ import pytest
 from data_prep.synthetic import World, write_world
 from expandsearch.config import config_from_dict
 from expandsearch.rl.config import TrainConfig
-from expandsearch.rl.main_job import warm_start_config
-from expandsearch.warm_start import build_world_policy
+from expandsearch.rl.world import warm_start_config
+from expandsearch.world_expert import build_world_policy
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -59,8 +59,9 @@ def train_config(run_dir: Path, world_dir: Path, policy_dir: Path, **sections: A
         "run_dir": str(run_dir),
         "steps": 2,
         "checkpoint_every": 1,
-        "world": {"path": str(world_dir)},
-        "warm_start": {"init": str(policy_dir)},
+        "data": {"world": {"path": str(world_dir)}},
+        "policy": {"model": str(policy_dir)},
+        "warm_start": {"kind": "none"},
         "rollout": {
             "questions_per_step": 4,
             "group_size": 2,

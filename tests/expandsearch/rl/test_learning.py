@@ -10,15 +10,17 @@ about people RL never saw) needs the full budget and is measured over three seed
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
 import pytest
 
-from expandsearch.rl.main_job import build_trainer, ensure_index, evaluate_trainer_policy, greedy_evaluation
+from expandsearch.rl.main_job import build_world_trainer, evaluate_trainer_policy, greedy_evaluation
+from expandsearch.rl.sources import Questions
+from expandsearch.rl.tasks import build_task
 from expandsearch.rl.trainer import Trainer
+from expandsearch.rl.world import world_artifacts
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +44,6 @@ def answered_wrongly(trainer: Trainer) -> set[str]:
 def test_grpo_raises_the_exact_match_of_the_questions_it_practises(
     world_dir: Path, warm_policy_dir: Path, make_config: Any, tmp_path: Path
 ) -> None:
-    world, index = ensure_index(world_dir, tmp_path / "index")
-    candidates = [example for example in world.questions["train"] if example.metadata["type"] == "single_hop"]
     config = make_config(
         tmp_path / "run",
         steps=STEPS,
@@ -56,17 +56,19 @@ def test_grpo_raises_the_exact_match_of_the_questions_it_practises(
         optim={"lr": 1e-3, "warmup_steps": 1},
     )
 
+    train = build_task(world_artifacts(config, world_dir, tmp_path / "unused", str(warm_policy_dir))).train
+    candidates = [item for item in train.inputs if train.types[item.example_id or ""] == "single_hop"]
+
     def practising(examples: list[Any]) -> Trainer:
-        return build_trainer(
-            config, warm_policy_dir, replace(world, questions={**world.questions, "train": examples}), index
-        )
+        questions = Questions(examples, train.types)
+        return build_world_trainer(config, warm_policy_dir, world_dir, tmp_path / "index", train=questions)
 
     probe = practising(candidates[:CANDIDATES])
     try:
         wrong = answered_wrongly(probe)
     finally:
         probe.close()
-    pool = [example for example in candidates[:CANDIDATES] if example.id in wrong][:POOL]
+    pool = [item for item in candidates[:CANDIDATES] if item.example_id in wrong][:POOL]
     assert len(pool) == POOL, f"the warm start answers all but {len(wrong)} of {CANDIDATES} questions"
     trainer = practising(pool)
     try:

@@ -11,18 +11,17 @@ import torch
 from support import comparable_metrics
 
 from expandsearch.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from expandsearch.rl.main_job import build_trainer, ensure_index
+from expandsearch.rl.main_job import build_world_trainer
 from expandsearch.rl.trainer import DataOrder, Trainer
 
 
 @pytest.fixture
 def make_trainer(world_dir: Path, warm_policy_dir: Path, make_config: Any, tmp_path: Path) -> Iterator[Any]:
-    world, index = ensure_index(world_dir, tmp_path / "index")
     made: list[Trainer] = []
 
     def make(**sections: Any) -> Trainer:
         config = make_config(tmp_path / "run", **sections)
-        made.append(build_trainer(config, warm_policy_dir, world, index))
+        made.append(build_world_trainer(config, warm_policy_dir, world_dir, tmp_path / "index"))
         return made[-1]
 
     yield make

@@ -1,18 +1,13 @@
-"""Supervised warm start: behaviour cloning of the scripted expert, and the tiny default policy of a synthetic world.
+"""The synthetic world's warm start: the tiny default policy of a world, pretrained and cloned from its expert.
 
-RL from a random-weight policy would spend its first thousands of episodes discovering the tag format. So before
-RL the policy imitates the scripted expert (:mod:`data_prep.expert`), whose episodes are played through the real
-environment (:mod:`data_prep.expert_policy`): the trajectories hold exactly the token ids and the
-``response_mask`` the RL trainer will see. Behaviour cloning is next-token cross-entropy on the expert's own
-tokens only (``response_mask == 1``).
-
-- :func:`behaviour_cloning` trains any causal LM on trajectories (AdamW, linear warm-up then cosine decay,
-  gradient clipping, length-grouped right-padded batches, an optional per-example augmentation such as
-  :class:`NameShuffle`); deterministic for a seed on CPU.
-- :func:`build_world_policy` makes the project's tiny default policy from a world directory (``expandsearch
-  world``): a tokenizer trained on the world's texts, a small Qwen2 built from a config, behaviour cloning on
-  expert episodes of training questions, saved in the transformers layout (``AutoModelForCausalLM``,
-  ``expandsearch chat --model DIR``), then evaluated greedily on held-out test questions.
+:func:`build_world_policy` makes the project's tiny default policy from a world directory (``expandsearch
+world``): a tokenizer trained on the world's texts, a small Qwen2 built from a config, language-model pretraining
+on the world's search results (:func:`pretrain_on_search_results`), behaviour cloning
+(:func:`expandsearch.sft.behaviour_cloning`) on the scripted expert's episodes (:mod:`data_prep.expert`, played
+through the real environment by :mod:`data_prep.expert_policy`) with consistent renaming of entities
+(:class:`NameShuffle`), saved in the transformers layout (``AutoModelForCausalLM``, ``expandsearch chat --model
+DIR``), then optionally evaluated greedily on held-out test questions. It is a recipe that writes an artifact:
+``expandsearch train`` takes the policy it writes like any other.
 
 CLI: ``expandsearch warm-start --world DIR --out DIR [--steps N] [--seed S]``.
 """
@@ -21,10 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,132 +26,17 @@ from typing import TYPE_CHECKING, Any
 from agent_env.episode import AgentEnv, EpisodeConfig, Trajectory
 from agent_env.rollout import EpisodeInput, RolloutRunner, summarize_rollouts
 from agent_env.tiny_model import TinyQwen2Config
+from data_prep.synthetic import WorldData
+from expandsearch.sft import IGNORE_INDEX, BCConfig, Example, behaviour_cloning, fit_examples, save_policy
 
 if TYPE_CHECKING:
-    import torch
-
     from data_prep.formats import QAExample
     from data_prep.synthetic import WorldLexicon
     from retriever_server.bm25 import BM25Index
     from retriever_server.corpus import Passage
 
-IGNORE_INDEX = -100
-"""Label of positions that carry no loss (prompt, environment tokens, padding), as in ``torch.nn.CrossEntropyLoss``."""
-
 METRICS_FILE = "warm_start.json"
 """Written into the policy directory: the config, the training curve and the held-out evaluation."""
-
-Example = tuple[list[int], list[int]]
-"""``(input_ids, labels)`` of one trajectory, as :func:`bc_example` makes it."""
-
-Augment = Callable[[list[int], list[int], random.Random], Example]
-"""Rewrites one example for one use; gets the training loop's seeded RNG, so runs stay deterministic."""
-
-
-@dataclass(frozen=True)
-class BCConfig:
-    """Behaviour-cloning hyper-parameters (defaults: the tiny world policy on a CPU)."""
-
-    steps: int = 2500
-    """Optimizer steps. The tiny default policy (small world) writes valid actions with three variants after
-    ~200 steps, but copies names from the question into its queries only after ~1500-2000 (see
-    :class:`NameShuffle`); 2500 steps take about 10 minutes on two CPU cores."""
-    batch_size: int = 8
-    """Trajectories per step."""
-    lr: float = 5e-3
-    """Peak learning rate (tiny randomly initialised models take large steps)."""
-    warmup_steps: int = 50
-    """Steps of linear warm-up from 0 to ``lr``."""
-    min_lr_ratio: float = 0.1
-    """The cosine decay ends at ``lr * min_lr_ratio``."""
-    weight_decay: float = 0.01
-    """AdamW decoupled weight decay."""
-    betas: tuple[float, float] = (0.9, 0.95)
-    """AdamW moment decay rates."""
-    max_grad_norm: float = 1.0
-    """Gradients are clipped to this global L2 norm."""
-    seed: int = 0
-    """Seeds the batch order (and nothing else: the model's initial weights have their own seed)."""
-    log_every: int = 50
-    """Steps between two log lines (the first and last step are always logged)."""
-    group_batches: int = 8
-    """Trajectories are sorted by length within windows of this many batches, so a batch pads little."""
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "log_every", "group_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and self.max_grad_norm > 0 and 0 <= self.min_lr_ratio <= 1 and self.warmup_steps >= 0):
-            raise ValueError("need lr > 0, max_grad_norm > 0, 0 <= min_lr_ratio <= 1 and warmup_steps >= 0")
-
-
-# --- behaviour cloning -----------------------------------------------------------------------------------------------
-
-
-def bc_example(trajectory: Trajectory) -> Example:
-    """``(input_ids, labels)`` of one trajectory: the whole context as input, labels only on policy tokens.
-
-    The loss covers only tokens the expert chose (``response_mask == 1``). The prompt and the environment's
-    tokens (passages, summaries, feedback, the final-turn notice) are context to condition on, not actions:
-    cloning them would teach the policy to write its own ``<information>`` instead of searching, spend its
-    capacity modelling the corpus, and disagree with the RL loss, which masks the same tokens.
-    """
-    response_labels = [
-        token if mask == 1 else IGNORE_INDEX
-        for token, mask in zip(trajectory.response_ids, trajectory.response_mask, strict=True)
-    ]
-    input_ids = list(trajectory.prompt_ids) + list(trajectory.response_ids)
-    return input_ids, [IGNORE_INDEX] * len(trajectory.prompt_ids) + response_labels
-
-
-def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch: ``input_ids``, ``attention_mask`` and ``labels``, each ``(batch, longest)``."""
-    import torch
-
-    longest = max(len(input_ids) for input_ids, _ in examples)
-    input_ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), longest), dtype=torch.long)
-    for row, (ids, row_labels) in enumerate(examples):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(ids)] = torch.tensor(row_labels)
-        attention_mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
-def bc_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over the labelled tokens of ``batch`` (see :func:`collate`).
-
-    Logits are computed only where a label is: for a big vocabulary and a small model the output layer over
-    every context position would cost more than the whole transformer.
-    """
-    import torch.nn.functional as F
-
-    hidden = model.base_model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).last_hidden_state
-    targets = batch["labels"][:, 1:]  # position t predicts token t + 1
-    predicting = targets != IGNORE_INDEX
-    logits = model.get_output_embeddings()(hidden[:, :-1][predicting])
-    return F.cross_entropy(logits.float(), targets[predicting])
-
-
-def length_grouped_batches(lengths: Sequence[int], config: BCConfig) -> Iterator[list[int]]:
-    """Endless batches of indices: each epoch shuffled, sorted by length within windows, windows' batches shuffled.
-
-    Sorting within a window keeps similar lengths together (little padding) while the batch order stays random.
-    """
-    rng = random.Random(config.seed)
-    window = config.batch_size * config.group_batches
-    while True:
-        order = list(range(len(lengths)))
-        rng.shuffle(order)
-        batches = []
-        for start in range(0, len(order), window):
-            chunk = sorted(order[start : start + window], key=lambda index: lengths[index])
-            batches += [chunk[i : i + config.batch_size] for i in range(0, len(chunk), config.batch_size)]
-        rng.shuffle(batches)
-        yield from batches
 
 
 class NameShuffle:
@@ -205,81 +84,6 @@ def _single_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
     return sorted({word_ids[0] for word_ids in ids if len(word_ids) == 1})
 
 
-def lr_factor(step: int, config: BCConfig) -> float:
-    """Multiplier of the peak lr at ``step`` (0-based): linear warm-up, then cosine decay to ``min_lr_ratio``."""
-    if step < config.warmup_steps:
-        return (step + 1) / (config.warmup_steps + 1)
-    decay_steps = max(1, config.steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / decay_steps)
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def behaviour_cloning(
-    model: Any,
-    tokenizer: Any,
-    trajectories: Sequence[Trajectory],
-    config: BCConfig | None = None,
-    *,
-    augment: Augment | None = None,
-    log: Callable[[dict[str, float]], None] | None = None,
-    **overrides: Any,
-) -> dict[str, Any]:
-    """Train ``model`` in place to imitate ``trajectories``; returns final metrics and the loss curve.
-
-    ``overrides`` replace fields of ``config`` (``steps=50, seed=1``). ``augment`` rewrites each example as it is
-    batched (e.g. :class:`NameShuffle`). ``log`` receives the metrics of every ``log_every``-th step
-    (``bc/loss``, ``bc/lr``, ``bc/grad_norm``, ``perf/seconds``, …).
-    """
-    examples = [bc_example(trajectory) for trajectory in trajectories]
-    if not any(label != IGNORE_INDEX for _, labels in examples for label in labels):
-        raise ValueError("no trajectory has a policy token (response_mask == 1) to learn from")
-    return fit_examples(model, tokenizer, examples, replace(config or BCConfig(), **overrides), augment, log)
-
-
-def fit_examples(
-    model: Any,
-    tokenizer: Any,
-    examples: Sequence[Example],
-    config: BCConfig,
-    augment: Augment | None = None,
-    log: Callable[[dict[str, float]], None] | None = None,
-    prefix: str = "bc",
-) -> dict[str, Any]:
-    """Next-token cross-entropy on the labelled tokens of ``examples`` (the loop of both warm-start stages)."""
-    import torch
-
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
-    batches = length_grouped_batches([len(input_ids) for input_ids, _ in examples], config)
-    augment_rng = random.Random(config.seed + 1)
-    history: list[dict[str, float]] = []
-    model.train()
-    started = time.perf_counter()
-    for step in range(config.steps):
-        chosen = [examples[i] for i in next(batches)]
-        if augment is not None:
-            chosen = [augment(input_ids, labels, augment_rng) for input_ids, labels in chosen]
-        batch = {key: value.to(device) for key, value in collate(chosen, pad_id).items()}
-        metrics = _train_step(model, optimizer, batch, config)
-        metrics["bc/lr"] = float(scheduler.get_last_lr()[0])
-        scheduler.step()
-        metrics["bc/step"] = float(step + 1)
-        metrics["perf/seconds"] = time.perf_counter() - started
-        history.append(metrics)
-        if log is not None and (step % config.log_every == 0 or step == config.steps - 1):
-            log(metrics)
-    model.eval()
-    summary = _summary(history, len(examples))
-    if prefix == "bc":
-        return summary
-    # ``bc/loss`` → ``pretrain/loss``, ``perf/seconds`` → ``pretrain/seconds``: the stages' metrics sit side by side
-    return {f"{prefix}/{key.split('/', 1)[-1]}": value for key, value in summary.items()}
-
-
 # --- pretraining on the world's search results -------------------------------------------------------------------
 
 
@@ -295,7 +99,7 @@ class PretrainConfig:
     question and from passages into its queries (docs/experiment_log.md).
     """
 
-    steps: int = 300
+    steps: int = 600
     """Optimizer steps (0: no pretraining)."""
     batch_size: int = 16
     """Sequences per step."""
@@ -372,50 +176,22 @@ def pretrain_on_search_results(
     return fit_examples(model, tokenizer, sequences, config.loop(seed), rename, log, prefix="pretrain")
 
 
-def _train_step(model: Any, optimizer: Any, batch: dict[str, torch.Tensor], config: BCConfig) -> dict[str, float]:
-    import torch
-
-    loss = bc_loss(model, batch)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-    optimizer.step()
-    return {
-        "bc/loss": loss.item(),
-        "bc/grad_norm": float(grad_norm),
-        "bc/policy_tokens": float((batch["labels"] != IGNORE_INDEX).sum()),
-        "bc/padded_tokens": float(batch["input_ids"].numel()),
-    }
-
-
-def _summary(history: list[dict[str, float]], num_trajectories: int) -> dict[str, Any]:
-    seconds = history[-1]["perf/seconds"]
-    tail = history[-max(1, len(history) // 10) :]  # a single step's loss is noisy; report the last tenth's mean
-    return {
-        "bc/first_loss": history[0]["bc/loss"],
-        "bc/final_loss": sum(row["bc/loss"] for row in tail) / len(tail),
-        "bc/steps": len(history),
-        "bc/trajectories": num_trajectories,
-        "perf/seconds": seconds,
-        "perf/padded_tokens_per_s": sum(row["bc/padded_tokens"] for row in history) / max(seconds, 1e-9),
-        "history": history,
-    }
-
-
 # --- the tiny world policy -------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class WarmStartConfig:
-    """How :func:`build_world_policy` makes the tiny default policy of a world."""
+    """How :func:`build_world_policy` makes the tiny default policy of a world. The defaults are the main job's
+    (``expandsearch.rl.world.warm_start_config(TrainConfig())``, a test checks it), so ``expandsearch
+    warm-start`` and ``expandsearch train`` make the same policy."""
 
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     """Language-model pretraining on the world's search results, before cloning (``steps=0``: none)."""
-    bc: BCConfig = field(default_factory=BCConfig)
+    bc: BCConfig = field(default_factory=lambda: BCConfig(steps=2000))
     """Behaviour-cloning hyper-parameters."""
     model: TinyQwen2Config = field(
         default_factory=lambda: TinyQwen2Config(
-            hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2
+            hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
         )
     )
     """Size of the Qwen2 policy."""
@@ -430,41 +206,20 @@ class WarmStartConfig:
     :class:`NameShuffle`); 0 clones the episodes as played."""
     only_correct: bool = True
     """Clone only the expert episodes that earned the reward (filtered behaviour cloning)."""
-    variant_mix: tuple[int, ...] = ()
+    variant_mix: tuple[int, ...] = (1, 2, 3)
     """Variants per search of the demonstrations, one value per question drawn from these (``(1, 2, 3)``: a third
     each); empty: always ``episode.max_variants``. A mix leaves RL a choice to make: how many variants pay off."""
-    count_facts: bool = False
+    count_facts: bool = True
     """The demonstrations say in every ``<think>`` how many facts are left to find (``ExpertEpisode.count_facts``)."""
     transcripts_for_tokenizer: int = 300
     """Expert transcripts (``run_expert``) added to the tokenizer's training texts."""
-    eval_questions: int = 48
+    eval_questions: int = 0
     """Held-out test questions the trained policy answers greedily (0: no evaluation)."""
     squeezer: str = "extractive"
     """Squeezer of the demonstrations and the evaluation (``agent_env.squeezers.make_squeezer`` spec); the
     default is ``expandsearch chat``'s, so the policy reads there what it read here."""
-    episode: EpisodeConfig = field(default_factory=lambda: EpisodeConfig(temperature=0.0))
+    episode: EpisodeConfig = field(default_factory=lambda: EpisodeConfig(max_turn_tokens=120, temperature=0.0))
     """Episode budgets and protocol, for the demonstrations and the greedy evaluation."""
-
-
-@dataclass(frozen=True)
-class WorldData:
-    """What a world directory written by ``data_prep.synthetic.write_world`` holds."""
-
-    passages: list[Passage]
-    questions: dict[str, list[QAExample]]
-    lexicon: WorldLexicon
-
-    @classmethod
-    def load(cls, world_dir: str | Path) -> WorldData:
-        from data_prep.formats import read_qa_jsonl
-        from data_prep.synthetic import CORPUS_FILE, SPLITS, WORLD_FILE, WorldLexicon
-        from retriever_server.corpus import load_passages
-
-        world = Path(world_dir)
-        if not (world / WORLD_FILE).is_file():
-            raise FileNotFoundError(f"{world}: no {WORLD_FILE}; make a world with `expandsearch world --out DIR`")
-        questions = {split: read_qa_jsonl(world / f"{split}.jsonl") for split in SPLITS}
-        return cls(load_passages(world / CORPUS_FILE), questions, WorldLexicon.load(world))
 
 
 def build_world_policy(
@@ -590,15 +345,6 @@ def evaluate_world_policy(
     trajectories = _play(engine, tokenizer, index, questions, greedy)
     summary = summarize_rollouts(trajectories)
     return {key.replace("rollout/", "eval/"): value for key, value in summary.items()}
-
-
-def save_policy(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
-    """Write model and tokenizer in the transformers layout (``AutoModelForCausalLM.from_pretrained(out_dir)``)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 def _log_to(log: Callable[[str], None], stage: str) -> Callable[[dict[str, float]], None]:
