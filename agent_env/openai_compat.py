@@ -10,7 +10,7 @@ One wire format, vLLM's flavour of the OpenAI API (what ``vllm serve MODEL`` and
   ``stop_reason``: the stop string that ended generation, or null (EOS, length). Errors are
   ``{"error": {"message", "type", "param", "code"}}`` with ``code`` the HTTP status, as vLLM sends them; bad
   requests get a 4xx, never a 500. ``expandsearch serve-llm`` runs it under uvicorn.
-- :class:`OpenAICompletionsEngine` — the generation interface (DESIGN.md §3) over such a server, token ids in and
+- :class:`OpenAICompletionsEngine` — the generation interface (docs/formats.md) over such a server, token ids in and
   token ids out: the prompt goes as ids, the sampled ids come back through ``return_tokens_as_token_ids`` and their
   log-probs through ``logprobs=0`` (the sampled token's own log-prob only), so nothing is ever re-tokenized.
 - :class:`OpenAIChatSqueezer` — squeezer kind ``openai``: the squeezer prompt

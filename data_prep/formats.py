@@ -1,4 +1,4 @@
-"""QA data formats: FlashRAG jsonl and verl parquet (DESIGN.md §3).
+"""QA data formats: FlashRAG jsonl and verl parquet (docs/formats.md).
 
 ``QAExample`` is one question in the FlashRAG convention (``id, question, golden_answers, metadata``).
 ``write_verl_parquet`` turns examples into the verl training/eval schema: ``data_source``, ``prompt``

@@ -3,7 +3,7 @@
 ``BM25Index.build(passages)`` indexes titles and texts (stemmed, English stop-words removed);
 ``search(query, k)`` and ``batch_search(queries, k)`` return ``SearchHit`` lists, best first.
 Retrieval uses bm25s' numba backend: on large corpora it is two orders of magnitude faster than the
-default numpy backend (DESIGN.md §6); the first call in a process pays a few seconds of JIT compile.
+default numpy backend (docs/architecture.md); the first call in a process pays a few seconds of JIT compile.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""HTTP clients for the retrieval server (ours or Search-R1's: the wire format is the same, DESIGN.md §3).
+"""HTTP clients for the retrieval server (ours or Search-R1's: the wire format is the same, docs/formats.md).
 
 ``AsyncRetrieverClient.retrieve(queries, topk)`` returns one ``SearchHit`` list per query, in order. It retries
 connection errors, timeouts and 5xx answers with exponential backoff and then raises

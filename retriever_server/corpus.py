@@ -1,6 +1,6 @@
 """Corpus loading: passages with an id, a title and a text.
 
-Reads the layouts users have (DESIGN.md §3):
+Reads the layouts users have (docs/formats.md):
 
 - wiki-18 / FlashRAG jsonl, one passage per line: ``{"id": "0", "contents": "\\"Title\\"\\npassage text"}``
   (the quoted title on the first line), or ``{"id", "title", "text"}``;

@@ -4,7 +4,7 @@
 
 - ``POST /retrieve`` ``{"queries": [str], "topk": int | null, "return_scores": bool}`` →
   ``{"result": [[{"document": {"id", "contents", "title", "text"}, "score": float}, ...], ...]}``, one list per
-  query in request order; ``score`` is left out when ``return_scores`` is false (DESIGN.md §3);
+  query in request order; ``score`` is left out when ``return_scores`` is false (docs/formats.md);
 - ``GET /health`` (status, passage count) and ``GET /info`` (``retriever.describe()``, limits, counters);
 - an OpenAPI schema whose field limits are the ones enforced.
 
@@ -407,7 +407,7 @@ def create_app(
         title="ExpandSearch retriever",
         version="1.0",
         lifespan=lifespan,
-        description="Search-R1-compatible retrieval API (DESIGN.md §3).",
+        description="Search-R1-compatible retrieval API (docs/formats.md).",
     )
     app.state.batcher = batcher
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)

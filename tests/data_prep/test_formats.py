@@ -1,4 +1,4 @@
-"""Tests for data_prep.formats: FlashRAG QA jsonl and the verl parquet schema (DESIGN.md §3)."""
+"""Tests for data_prep.formats: FlashRAG QA jsonl and the verl parquet schema (docs/formats.md)."""
 
 from __future__ import annotations
 

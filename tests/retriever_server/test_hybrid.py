@@ -139,7 +139,7 @@ FLOORS = {
     ("hybrid RRF", QUESTION, 3): 0.67, ("hybrid RRF", QUESTION, 10): 0.90, ("hybrid RRF", ORACLE, 3): 0.93,
 }  # fmt: skip
 # All 600 questions (5,912 passages): BM25 @3 0.65 / @10 0.87, MiniLM 0.68 / 0.83, hybrid 0.69 / 0.89; oracle @3
-# 0.97 / 0.99 / 0.99 (the DESIGN.md §4 numbers).
+# 0.97 / 0.99 / 0.99 (the docs/formats.md numbers).
 FULL_FLOORS = {
     ("BM25", QUESTION, 3): 0.62, ("BM25", QUESTION, 10): 0.84, ("BM25", ORACLE, 3): 0.95,
     ("dense MiniLM", QUESTION, 3): 0.65, ("dense MiniLM", QUESTION, 10): 0.80, ("dense MiniLM", ORACLE, 3): 0.96,
