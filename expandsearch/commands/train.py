@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from train_configs import config_path
+
 HELP = "train a search agent with RL on one machine (world, index, warm start, GRPO/PPO, evaluation)"
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "train_configs" / "tiny_cpu.yaml"
+DEFAULT_CONFIG = config_path("tiny_cpu.yaml")  # package data: found by a non-editable install too
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
