@@ -1,0 +1,80 @@
+"""``expandsearch train --config train_configs/smollm2_hotpotqa_cpu.yaml`` end to end through the CLI, at a tiny
+budget: real HotpotQA parquet from ``prepare qa``, demonstrations from ``prepare demos``, a real retriever server on
+a free port, and a tiny real model in place of SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import free_port, require_console_script, run_expandsearch, wait_for_health
+
+pytestmark = pytest.mark.slow
+
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+HOTPOT = "hotpotqa/hotpotqa_distractor_dev300.jsonl"
+
+
+@pytest.fixture(scope="module")
+def artifacts(real_data: Path, tiny_policy_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The files the SmolLM2 config names: verl parquet, a BM25 index over the questions' contexts, demonstrations."""
+    root = tmp_path_factory.mktemp("real")
+    hotpot = real_data / HOTPOT
+    demos = run_expandsearch(
+        "prepare", "demos", "--input", str(hotpot), "--out", str(root / "demos"), "--build-index",
+        "--tokenizer", str(tiny_policy_dir), "--limit", "6", "--seed", "0", timeout=300, env=ONE_THREAD,
+    )  # fmt: skip
+    assert demos.returncode == 0, demos.stderr[-2000:]
+    qa = run_expandsearch(
+        "prepare", "qa", "--dataset", "hotpotqa", "--input", str(hotpot), "--split", "dev", "--out", str(root / "qa"),
+        timeout=300, env=ONE_THREAD,
+    )  # fmt: skip
+    assert qa.returncode == 0, qa.stderr[-2000:]
+    return root
+
+
+@pytest.fixture(scope="module")
+def served_index(artifacts: Path) -> Iterator[str]:
+    port = free_port()
+    index = artifacts / "demos" / "index"
+    command = [str(require_console_script()), "serve-retriever", "--index", str(index), "--port", str(port)]
+    process = subprocess.Popen(command, env=ONE_THREAD, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(url, process, lambda: process.stdout.read() if process.stdout else "", timeout=60)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_the_smollm2_config_trains_a_tiny_model_against_a_retriever_server(
+    artifacts: Path, served_index: str, tiny_policy_dir: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    parquet = artifacts / "qa" / "dev.parquet"
+    result = run_expandsearch(
+        "train", "--config", "train_configs/smollm2_hotpotqa_cpu.yaml",
+        f"run_dir={run_dir}", "steps=1", "checkpoint_every=1", "logging.progress=false", "logging.plots=false",
+        f"data.train_files=[{parquet}]", f"data.val_files=[{parquet}]",
+        "data.max_train_questions=8", "data.max_val_questions=4",
+        f"policy.model={tiny_policy_dir}", "policy.trainable=all",
+        "retriever.index=null", f"retriever.urls=[{served_index}]",
+        f"warm_start.sft.demonstrations=[{artifacts / 'demos' / 'demos.jsonl'}]",
+        "warm_start.sft.steps=2", "warm_start.sft.warmup_steps=0",
+        "rollout.questions_per_step=2", "rollout.group_size=2", "rollout.episode.max_turn_tokens=24",
+        "rollout.episode.max_turns=2", "algorithm.mini_batch_size=4", "algorithm.micro_batch_size=2",
+        "eval.questions=4",
+        timeout=600, env=ONE_THREAD,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "after RL" in summary["evaluations"]
+    for evaluation in summary["evaluations"].values():
+        assert evaluation["metrics"]["questions"] == 4
+    assert (run_dir / "checkpoints" / "step_0000001" / "state.pt").is_file()
+    assert (run_dir / "policy").is_dir()
