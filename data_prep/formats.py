@@ -3,7 +3,7 @@
 ``QAExample`` is one question in the FlashRAG convention (``id, question, golden_answers, metadata``).
 ``write_verl_parquet`` turns examples into the verl training/eval schema: ``data_source``, ``prompt``
 (chat messages built from our templates), ``ability``, ``reward_model`` (rule style, gold targets),
-``extra_info`` (split, index, question) and ``agent_name`` (our verl agent loop's registered name).
+``extra_info`` (split, index, question, id, type) and ``agent_name`` (our verl agent loop's registered name).
 """
 
 from __future__ import annotations
@@ -89,11 +89,22 @@ def verl_row(
         "prompt": build_messages(example.question, template=template, max_variants=max_variants),
         "ability": ABILITY,
         "reward_model": {"style": "rule", "ground_truth": {"target": list(example.golden_answers)}},
-        "extra_info": {"split": split, "index": index, "question": example.question, "id": example.id}
-        # the question type (bridge, comparison, …) when the source has one: evaluations report EM by type
-        | ({"type": str(example.metadata["type"])} if example.metadata.get("type") else {}),
+        "extra_info": {
+            "split": split,
+            "index": index,
+            "question": example.question,
+            "id": example.id,
+            # the question type (bridge, comparison, …) where the source has one, else None: evaluations report EM
+            # by type, and every file has the same extra_info fields, so mixed files keep their rows unchanged
+            "type": _question_type(example),
+        },
         "agent_name": AGENT_LOOP_NAME,
     }
+
+
+def _question_type(example: QAExample) -> str | None:
+    question_type = example.metadata.get("type")
+    return str(question_type) if question_type else None
 
 
 def write_verl_parquet(

@@ -170,6 +170,7 @@ class Trainer:
                 metrics |= self.update_actor(batch)
             _clear_engine_cache(self.env.engine)
         metrics |= summarize_rollouts(trajectories) | _batch_metrics(batch, self.temperature)
+        metrics |= _search_metrics(self.env.search)
         metrics["timing/step"] = time.perf_counter() - started
         metrics["perf/tokens_per_s"] = float(batch.attention_mask.sum()) / metrics["timing/step"]
         return metrics
@@ -375,6 +376,13 @@ class Trainer:
 
         self.loop.run_until_complete(close_env(self.env))
         self.loop.close()
+
+
+def _search_metrics(search: Any) -> dict[str, float]:
+    """Batches a failing retriever server passed to the next one so far (``FailoverSearch``; the run goes on and
+    the count says how often it had to)."""
+    failovers = getattr(search, "failovers", None)
+    return {} if failovers is None else {"rollout/retriever_failovers": float(failovers)}
 
 
 def _clear_engine_cache(engine: Any) -> None:

@@ -410,6 +410,7 @@ def test_written_files_field_by_field(real_data: Path, tmp_path: Path, template:
             "index": index,
             "question": example.question,
             "id": example.id,
+            "type": example.metadata.get("type"),
         }
         assert row["agent_name"] == AGENT_LOOP_NAME
     assert any(len(plain(rm)["ground_truth"]["target"]) > 1 for rm in frame["reward_model"])  # aliases

@@ -99,6 +99,7 @@ def test_prepare_qa_on_every_sample(real_data: Path, tmp_path: Path, name: str, 
             "index": index,
             "question": example.question,
             "id": example.id,
+            "type": example.metadata.get("type"),  # HotpotQA's and 2Wiki's question types; None elsewhere
         }
         assert row["agent_name"] == AGENT_LOOP_NAME
     assert (out / "corpus.jsonl").is_file() == (name in DISTRACTOR)

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from support import free_port, require_console_script, run_expandsearch, wait_for_health
 
+from expandsearch.tracking import METRICS_FILE, read_metrics
+
 pytestmark = pytest.mark.slow
 
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
@@ -78,3 +80,5 @@ def test_the_smollm2_config_trains_a_tiny_model_against_a_retriever_server(
         assert evaluation["metrics"]["questions"] == 4
     assert (run_dir / "checkpoints" / "step_0000001" / "state.pt").is_file()
     assert (run_dir / "policy").is_dir()
+    trained = [row for row in read_metrics(run_dir / METRICS_FILE) if "rollout/reward_mean" in row]
+    assert [row["rollout/retriever_failovers"] for row in trained] == [0.0]  # searched over HTTP, nothing failed
