@@ -1,7 +1,7 @@
 """The multi-turn episode driver: think → search with several variants → squeeze → observe → … → answer.
 
 ``await run_episode(env, question, golden_answers)`` plays one episode and returns a :class:`Trajectory` in the
-form of DESIGN.md §3. The loop is fixed and reads like the protocol (as PrimeIntellect ``verifiers``'
+form of docs/formats.md. The loop is fixed and reads like the protocol (as PrimeIntellect ``verifiers``'
 ``MultiTurnEnv``): generate a turn → parse the action → act (search all variants in one batched retrieval,
 de-duplicate the passages across variants, squeeze them) → append the observation → stop?
 
@@ -146,7 +146,7 @@ class TurnRecord:
 
 @dataclass
 class Trajectory:
-    """One episode as the trainer consumes it (DESIGN.md §3), plus its trace."""
+    """One episode as the trainer consumes it (docs/formats.md), plus its trace."""
 
     prompt_ids: list[int]
     response_ids: list[int]
