@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import free_port, require_console_script, run_expandsearch, wait_for_health
+from support import run_expandsearch, served_retriever
 
 from data_prep.benchmarks import prepare_benchmark, write_benchmark
 from data_prep.formats import QAExample, write_qa_jsonl
@@ -249,16 +249,8 @@ def test_eval_retrieval_user_errors(hotpot_slice: Path, tmp_path: Path) -> None:
 
 @pytest.fixture
 def served(hotpot_index: Path) -> Iterator[str]:
-    port = free_port()
-    command = [str(require_console_script()), "serve-retriever", "--index", str(hotpot_index), "--port", str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, process, lambda: process.stdout.read() if process.stdout else "", timeout=60)
+    with served_retriever(hotpot_index) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.mark.slow

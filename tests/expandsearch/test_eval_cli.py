@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import free_port, require_console_script, run_expandsearch, wait_for_health
+from support import require_console_script, run_expandsearch, served_retriever
 
 from expandsearch.cli import main
 from retriever_server.index_dir import build_index
@@ -173,16 +173,8 @@ def wiki18_index(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.fixture
 def served_wiki18(wiki18_index: Path) -> Iterator[str]:
     """``expandsearch serve-retriever`` over the wiki-18 sample's index, on a free port."""
-    port = free_port()
-    command = [str(require_console_script()), "serve-retriever", "--index", str(wiki18_index), "--port", str(port)]
-    process = subprocess.Popen(command, env=ONE_THREAD, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, process, lambda: process.stdout.read() if process.stdout else "", timeout=60)
+    with served_retriever(wiki18_index, env=ONE_THREAD) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.mark.slow

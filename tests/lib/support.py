@@ -14,7 +14,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,22 @@ def wait_for_health(url: str, process: subprocess.Popen[str], output: Callable[[
         except httpx.TransportError:
             time.sleep(0.1)
     pytest.fail(f"{url}/health did not answer within {timeout} s: {output()}")
+
+
+@contextmanager
+def served_retriever(index: Path, env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """``expandsearch serve-retriever --index index`` as a subprocess on a free port, healthy, for the ``with``
+    block; yields its URL and stops it afterwards."""
+    port = free_port()
+    command = [str(require_console_script()), "serve-retriever", "--index", str(index), "--port", str(port)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(url, process, lambda: process.stdout.read() if process.stdout else "", timeout=60)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 class CountingBM25(BM25Index):

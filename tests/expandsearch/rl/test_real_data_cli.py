@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import free_port, require_console_script, run_expandsearch, wait_for_health
+from support import run_expandsearch, served_retriever
 
 from expandsearch.tracking import METRICS_FILE, read_metrics
 
@@ -41,17 +40,8 @@ def artifacts(real_data: Path, tiny_policy_dir: Path, tmp_path_factory: pytest.T
 
 @pytest.fixture(scope="module")
 def served_index(artifacts: Path) -> Iterator[str]:
-    port = free_port()
-    index = artifacts / "demos" / "index"
-    command = [str(require_console_script()), "serve-retriever", "--index", str(index), "--port", str(port)]
-    process = subprocess.Popen(command, env=ONE_THREAD, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, process, lambda: process.stdout.read() if process.stdout else "", timeout=60)
+    with served_retriever(artifacts / "demos" / "index", env=ONE_THREAD) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_the_smollm2_config_trains_a_tiny_model_against_a_retriever_server(
