@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import torch
 
+    from data_prep.demos import DemoTrajectory
+
 
 class TokenTrajectory(Protocol):
     """What cloning reads of a trajectory (an episode's :class:`~agent_env.episode.Trajectory`, a
-    :class:`Demonstration`): its token ids and which of them the policy wrote."""
+    :class:`~data_prep.demos.DemoTrajectory`): its token ids and which of them the policy wrote."""
 
     @property
     def prompt_ids(self) -> Sequence[int]: ...
@@ -273,49 +275,23 @@ def save_policy(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
 # --- demonstrations files ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Demonstration:
-    """The token-level part of one demonstration line (``expandsearch prepare demos``): what cloning reads."""
+def read_demonstrations(paths: Sequence[str | Path], tokenizer: Any) -> list[DemoTrajectory]:
+    """Every demonstration of the jsonl ``paths`` (each line read by ``data_prep.demos``, the format's one reader);
+    ValueError (one line) for a malformed line, a demonstration without a policy token, or token ids that are not
+    ``tokenizer``'s (demonstrations are tokenized for one policy: prepare them for this one)."""
+    from data_prep.demos import read_demonstrations as read_demos_file
 
-    prompt_ids: list[int]
-    response_ids: list[int]
-    response_mask: list[int]
-    example_id: str | None = None
-
-
-def read_demonstrations(paths: Sequence[str | Path], tokenizer: Any) -> list[Demonstration]:
-    """Every demonstration of the jsonl ``paths``; ValueError (one line) for a malformed line, or for token ids
-    that are not ``tokenizer``'s (demonstrations are tokenized for one policy: prepare them for this one)."""
-    import json
-
-    demonstrations = []
-    for path in paths:
-        with Path(path).open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if line.strip():
-                    demonstrations.append(_demonstration(json.loads(line), f"{path}:{number}"))
+    demonstrations = [demo for path in paths for demo in read_demos_file(path)]
     if not demonstrations:
         raise ValueError(f"no demonstrations in {', '.join(map(str, paths))}")
+    for demo in demonstrations:
+        if not any(demo.response_mask):
+            raise ValueError(f"demonstration {demo.example_id}: its response_mask marks no policy token")
     _check_tokenizer(demonstrations[0], tokenizer, paths[0])
     return demonstrations
 
 
-def _demonstration(record: Any, where: str) -> Demonstration:
-    try:
-        demo = Demonstration(
-            [int(t) for t in record["prompt_ids"]],
-            [int(t) for t in record["response_ids"]],
-            [int(m) for m in record["response_mask"]],
-            None if record.get("id") is None else str(record["id"]),
-        )
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{where}: expected prompt_ids, response_ids and response_mask lists ({error!r})") from error
-    if len(demo.response_ids) != len(demo.response_mask) or not any(demo.response_mask):
-        raise ValueError(f"{where}: response_mask must match response_ids and mark at least one policy token")
-    return demo
-
-
-def _check_tokenizer(demo: Demonstration, tokenizer: Any, path: str | Path) -> None:
+def _check_tokenizer(demo: DemoTrajectory, tokenizer: Any, path: str | Path) -> None:
     """The prompt's ids must be what ``tokenizer`` makes of their own text (a cheap identity check)."""
     text = tokenizer.decode(demo.prompt_ids)
     if list(tokenizer.encode(text, add_special_tokens=False)) != demo.prompt_ids:
