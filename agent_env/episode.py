@@ -25,15 +25,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from agent_env.action_formats import PROTOCOLS, ActionFormat, make_action_format, templates
 from agent_env.engine import Generation, LLMEngine, SamplingParams, derive_seed
-from agent_env.protocol import (
-    STOP_STRINGS,
-    Action,
-    build_messages,
-    invalid_action_feedback,
-    parse_action,
-    render_observation,
-)
+from agent_env.protocol import STOP_STRINGS, Action
 from agent_env.retrieval import merge_variant_hits
 from agent_env.reward import exact_match, format_reward, is_valid_trajectory
 from agent_env.search import SearchBackend
@@ -56,8 +50,10 @@ max_turn_tokens, when that is smaller)."""
 class EpisodeConfig:
     """How one episode runs (defaults: Search-R1 budgets, ExpandSearch's three variants)."""
 
+    protocol: str = "tags"
+    """Action format: ``tags`` (<search> a ## b </search>) or ``tool_calls`` (hermes <tool_call> with a query_list)."""
     template: str = "expandsearch"
-    """Prompt template in ``agent_env.protocol.PROMPT_TEMPLATES`` (``search_r1``: one query per search)."""
+    """Prompt template of the protocol's PROMPT_TEMPLATES (``search_r1``: one query per search)."""
     max_variants: int = 3
     """Most query variants per search; 1 is Search-R1's single-query protocol."""
     search_variants: int | None = None
@@ -95,10 +91,17 @@ class EpisodeConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.reward not in REWARDS:
             raise ValueError(f"unknown reward {self.reward!r}; known: {', '.join(sorted(REWARDS))}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; known: {', '.join(PROTOCOLS)}")
+        if self.protocol != "tags" and (self.template not in templates(self.protocol) or self.reward != "em"):
+            known = ", ".join(templates(self.protocol))
+            raise ValueError(f"protocol {self.protocol} takes the em reward and a template in: {known}")
         self.sampling(1)  # a bad temperature or top_p fails here, not in the first turn of every episode
 
-    def sampling(self, max_new_tokens: int, seed: int | None = None) -> SamplingParams:
-        return SamplingParams(max_new_tokens, self.temperature, self.top_p, STOP_STRINGS, seed)
+    def sampling(
+        self, max_new_tokens: int, seed: int | None = None, stop: tuple[str, ...] = STOP_STRINGS
+    ) -> SamplingParams:
+        return SamplingParams(max_new_tokens, self.temperature, self.top_p, stop, seed)
 
 
 def _em(answer: str | None, golds: Sequence[str], policy_turns: Sequence[str]) -> float:
@@ -122,6 +125,11 @@ class AgentEnv:
     search: SearchBackend
     squeezer: Squeezer
     config: EpisodeConfig = field(default_factory=EpisodeConfig)
+    action_format: ActionFormat = field(init=False)
+    """The config's protocol for this tokenizer (its chat-template frames cut once, here)."""
+
+    def __post_init__(self) -> None:
+        self.action_format = make_action_format(self.config.protocol, self.tokenizer)
 
     @property
     def max_context_tokens(self) -> int | None:
@@ -204,10 +212,13 @@ class _Counters:
     invalid_actions: int = 0
 
 
-def encode_chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of a chat prompt ready for the assistant's reply (chat template + generation prompt)."""
+def encode_chat_prompt(
+    tokenizer: Any, messages: list[dict[str, str]], tools: list[dict[str, Any]] | None = None
+) -> list[int]:
+    """Token ids of a chat prompt ready for the assistant's reply (chat template + generation prompt; ``tools``
+    rendered as the template renders them, e.g. Qwen2.5's hermes system prompt)."""
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
     else:  # a base model without a chat template reads the user message as plain text
         text = "\n\n".join(message["content"] for message in messages) + "\n"
     return list(tokenizer.encode(text, add_special_tokens=False))
@@ -222,8 +233,11 @@ class _Episode:
         self.config = env.config
         self.question = question
         self.golden_answers = list(golden_answers)
-        messages = build_messages(question, self.config.template, self.config.max_variants)
-        self.prompt_ids = encode_chat_prompt(env.tokenizer, messages)
+        self.format = env.action_format
+        messages = self.format.messages(question, self.config.template, self.config.max_variants)
+        self.prompt_ids = encode_chat_prompt(env.tokenizer, messages, self.format.tools())
+        self.policy_end = ""
+        """The end-of-turn text the policy's last turn stopped on (its end token), which a frame does not repeat."""
         self.response = _Response()
         self.turns: list[TurnRecord] = []
         self.counters = _Counters()
@@ -246,12 +260,17 @@ class _Episode:
         budget = min(self.config.max_turn_tokens, self.room())
         started = time.perf_counter()
         turn_seed = None if self.seed is None else derive_seed(self.seed, len(self.turns))
-        sampling = self.config.sampling(budget, turn_seed)
+        sampling = self.config.sampling(budget, turn_seed, self.format.stop)
         generation = await self.env.engine.generate(self.prompt_ids + self.response.ids, sampling)
         self.counters.generation_s += time.perf_counter() - started
         self.response.add_policy(generation)
-        text = self.env.tokenizer.decode(generation.token_ids, skip_special_tokens=True)
-        action = parse_action(text, max_variants=self.config.max_variants, max_query_chars=self.config.max_query_chars)
+        tokenizer = self.env.tokenizer
+        text = tokenizer.decode(generation.token_ids, skip_special_tokens=True)
+        ended = generation.stop_reason == "eos" and generation.token_ids
+        self.policy_end = tokenizer.decode(generation.token_ids[-1:]) if ended else ""
+        action = self.format.parse(
+            text, max_variants=self.config.max_variants, max_query_chars=self.config.max_query_chars
+        )
         record = TurnRecord(
             text, action.kind, generation.stop_reason, list(action.queries), action.answer, action.error
         )
@@ -310,7 +329,8 @@ class _Episode:
         return True
 
     def _frame_ids(self, body: str, wrap: bool, notice: str) -> list[int]:
-        text = (render_observation(body) if wrap else body) + notice
+        frame = self.format.observation if wrap else self.format.reply
+        text = frame(body, notice, self.policy_end)
         return list(self.env.tokenizer.encode(text, add_special_tokens=False))
 
     def trajectory(self, termination: Termination, example_id: str | None) -> Trajectory:
@@ -388,7 +408,7 @@ async def run_episode(
             fits = episode.append_observation(body, wrap=True, notice=notice)
         else:
             episode.counters.invalid_actions += 1
-            fits = episode.append_observation(invalid_action_feedback(action), wrap=False, notice=notice)
+            fits = episode.append_observation(episode.format.feedback(action), wrap=False, notice=notice)
         if not fits:
             return episode.trajectory(_out_of_room(episode), example_id)
     return episode.trajectory("max_turns", example_id)

@@ -18,7 +18,7 @@ standard-library only and cheap to import.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeAlias
 
@@ -101,11 +101,12 @@ def parse_action(text: str, *, max_variants: int = 3, max_query_chars: int = 200
     if isinstance(located, Action):
         return located
     kind, body = located
-    body = _STRAY_TAG_RE.sub(" ", body)
     if kind == "answer":
-        answer = " ".join(body.split())
+        answer = clean_answer(body)
         return Action(kind="answer", answer=answer) if answer else _invalid("empty answer in <answer> </answer>")
-    queries = _split_queries(body, max_variants, max_query_chars)
+    body = _STRAY_TAG_RE.sub(" ", body)
+    parts = [body] if max_variants == 1 else _SEPARATOR_RE.split(body)
+    queries = clean_queries(parts, max_variants, max_query_chars)
     if not queries:
         return _invalid("empty search: no query between <search> and </search>")
     return Action(kind="search", queries=queries)
@@ -138,12 +139,18 @@ def _why_no_action(text: str) -> str:
     return "no <search> or <answer> action found"
 
 
-def _split_queries(body: str, max_variants: int, max_query_chars: int) -> tuple[str, ...]:
-    parts = [body] if max_variants == 1 else _SEPARATOR_RE.split(body)
+def clean_answer(body: str) -> str:
+    """An answer body as the protocols keep it: stray protocol tags removed, whitespace collapsed."""
+    return " ".join(_STRAY_TAG_RE.sub(" ", body).split())
+
+
+def clean_queries(parts: Iterable[str], max_variants: int, max_query_chars: int) -> tuple[str, ...]:
+    """Raw query variants as every action format keeps them: stray tags removed, whitespace collapsed, over-long
+    ones cut, empty ones and case-insensitive duplicates dropped, the first ``max_variants`` kept."""
     queries: list[str] = []
     seen: set[str] = set()
     for part in parts:
-        query = _cut_query(" ".join(part.split()), max_query_chars)
+        query = _cut_query(" ".join(_STRAY_TAG_RE.sub(" ", part).split()), max_query_chars)
         key = query.casefold()
         if query and key not in seen:
             seen.add(key)

@@ -147,6 +147,8 @@ class DemoTrajectory:
     tokenizer: str
     data_source: str = ""
     breadth: int = 0
+    protocol: str = "tags"
+    """The action format the demonstration is written in (``EpisodeConfig.protocol``)."""
 
 
 def read_demonstrations(path: str | Path, tokenizer: str | None = None) -> list[DemoTrajectory]:
@@ -175,6 +177,7 @@ def _demo(line: str, where: str) -> DemoTrajectory:
             str(record["tokenizer"]),
             str(record.get("data_source", "")),
             int(record.get("breadth", 0)),
+            str(record.get("protocol", "tags")),
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{where}: not a demonstration line ({type(error).__name__}: {error})") from error

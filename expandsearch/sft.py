@@ -275,10 +275,13 @@ def save_policy(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
 # --- demonstrations files ----------------------------------------------------------------------------------------
 
 
-def read_demonstrations(paths: Sequence[str | Path], tokenizer: Any) -> list[DemoTrajectory]:
+def read_demonstrations(
+    paths: Sequence[str | Path], tokenizer: Any, protocol: str | None = None
+) -> list[DemoTrajectory]:
     """Every demonstration of the jsonl ``paths`` (each line read by ``data_prep.demos``, the format's one reader);
-    ValueError (one line) for a malformed line, a demonstration without a policy token, or token ids that are not
-    ``tokenizer``'s (demonstrations are tokenized for one policy: prepare them for this one)."""
+    ValueError (one line) for a malformed line, a demonstration without a policy token, token ids that are not
+    ``tokenizer``'s (demonstrations are tokenized for one policy: prepare them for this one), or, with
+    ``protocol``, a demonstration written in another action format than the one RL will sample."""
     from data_prep.demos import read_demonstrations as read_demos_file
 
     demonstrations = [demo for path in paths for demo in read_demos_file(path)]
@@ -287,6 +290,11 @@ def read_demonstrations(paths: Sequence[str | Path], tokenizer: Any) -> list[Dem
     for demo in demonstrations:
         if not any(demo.response_mask):
             raise ValueError(f"demonstration {demo.example_id}: its response_mask marks no policy token")
+        if protocol is not None and demo.protocol != protocol:
+            raise ValueError(
+                f"demonstration {demo.example_id} is written in the {demo.protocol} format, but "
+                f"rollout.episode.protocol is {protocol}: SFT would teach a format RL does not parse"
+            )
     _check_tokenizer(demonstrations[0], tokenizer, paths[0])
     return demonstrations
 

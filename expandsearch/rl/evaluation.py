@@ -77,6 +77,7 @@ def summarize(trajectories: Sequence[Trajectory], types: Mapping[str, str]) -> d
     summary = summarize_rollouts(trajectories)
     metrics = {key: summary[f"rollout/{key}"] for key in SHOWN if f"rollout/{key}" in summary}
     metrics["em"] = metrics.pop("reward_mean")
+    metrics |= answer_scores(trajectories)
     metrics["questions"] = float(len(trajectories))
     by_type: dict[str, list[float]] = defaultdict(list)
     for trajectory in trajectories:
@@ -86,6 +87,20 @@ def summarize(trajectories: Sequence[Trajectory], types: Mapping[str, str]) -> d
         "em_by_type": {kind: fmean(rewards) for kind, rewards in sorted(by_type.items())},
         # kept per question so two policies can be compared on the same questions (paired_difference)
         "reward_by_question": {t.example_id: t.reward for t in trajectories if t.example_id is not None},
+    }
+
+
+def answer_scores(trajectories: Sequence[Trajectory]) -> dict[str, float]:
+    """Mean token F1 and cover-EM of the episodes' final answers against their golds (0 where none was given):
+    the softer scores beside EM that show a policy answering close to the gold before it answers it exactly."""
+    from agent_env.reward import cover_exact_match, f1_score
+
+    if not trajectories:
+        return {"f1": 0.0, "cover_em": 0.0}
+    answers = [(t.answer or "", t.golden_answers) for t in trajectories]
+    return {
+        "f1": fmean(f1_score(answer, golds) if answer else 0.0 for answer, golds in answers),
+        "cover_em": fmean(cover_exact_match(answer, golds) if answer else 0.0 for answer, golds in answers),
     }
 
 

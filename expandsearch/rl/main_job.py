@@ -176,7 +176,7 @@ def ensure_sft(config: TrainConfig, out_dir: Path, log: Callable[[str], None]) -
         log(f"   reusing the warm start in {out_dir}")
         return out_dir
     model, tokenizer = load_policy(config.policy.model, config.policy)
-    demonstrations = read_demonstrations(section.demonstrations, tokenizer)
+    demonstrations = read_demonstrations(section.demonstrations, tokenizer, config.rollout.episode.protocol)
     log(f"   {len(demonstrations)} demonstrations from {', '.join(section.demonstrations)}")
     loop = BCConfig(
         steps=section.steps,

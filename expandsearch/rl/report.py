@@ -6,7 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-COLUMNS = (("EM", "em"), ("valid", "valid_action_rate"), ("searches", "searches"), ("variants", "variants_per_search"))
+COLUMNS = (
+    ("EM", "em"),
+    ("F1", "f1"),
+    ("cover-EM", "cover_em"),
+    ("valid", "valid_action_rate"),
+    ("searches", "searches"),
+    ("variants", "variants_per_search"),
+)
 
 
 def summary_table(summary: Mapping[str, Any]) -> str:
