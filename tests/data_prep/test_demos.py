@@ -246,5 +246,5 @@ def test_smollm2_demonstrations(real_data: Path, tmp_path: Path) -> None:
         assert prompt.endswith("<|im_start|>assistant\n")
     assert len(sft_read([tmp_path / DEMOS_FILE], tokenizer)) == len(records)
     assert len(sft_read([tmp_path / DEMOS_FILE], tokenizer, protocol="tags")) == len(records)
-    with pytest.raises(ValueError, match="written in the tags format, but rollout.episode.protocol is tool_calls"):
+    with pytest.raises(ValueError, match=r"written in the tags format, but rollout\.episode\.protocol is tool_calls"):
         sft_read([tmp_path / DEMOS_FILE], tokenizer, protocol="tool_calls")
