@@ -72,3 +72,57 @@ def test_the_smollm2_config_trains_a_tiny_model_against_a_retriever_server(
     assert (run_dir / "policy").is_dir()
     trained = [row for row in read_metrics(run_dir / METRICS_FILE) if "rollout/reward_mean" in row]
     assert [row["rollout/retriever_failovers"] for row in trained] == [0.0]  # searched over HTTP, nothing failed
+
+
+def test_a_retriever_server_killed_mid_training_is_failed_over_and_the_run_goes_on(
+    artifacts: Path, tiny_policy_dir: Path, tmp_path: Path
+) -> None:
+    """Two real servers behind ``retriever.urls``; one is stopped after the first RL step. Every later search batch
+    that starts at it moves on to the other (counted in ``rollout/retriever_failovers``), no episode sees a failed
+    search, and training steps on. The episodes are scripted (they search twice, then answer) so that every step
+    searches; the tiny real model computes the log-probs and takes the updates."""
+    from contextlib import ExitStack
+
+    from agent_env.episode import AgentEnv
+    from agent_env.scripted import ScriptedPolicy
+    from agent_env.squeezers import make_squeezer
+    from expandsearch.config import load_config
+    from expandsearch.rl.config import TrainConfig
+    from expandsearch.rl.sources import load_policy, make_searcher
+    from expandsearch.rl.tasks import build_task
+    from expandsearch.rl.trainer import Trainer
+    from train_configs import config_path
+
+    def respond(context: str) -> str:
+        turns = context.rsplit("<|im_start|>assistant", 1)[-1].count("</information>")
+        question = context.split("Question: ", 1)[1].split("\n", 1)[0]
+        return f"<search> {question} ## {question[:30]} </search>" if turns < 2 else "<answer> unknown </answer>"
+
+    parquet = artifacts / "qa" / "dev.parquet"
+    index = artifacts / "demos" / "index"
+    with ExitStack() as first, served_retriever(index, env=ONE_THREAD) as second:
+        urls = [first.enter_context(served_retriever(index, env=ONE_THREAD)), second]
+        config = load_config(TrainConfig, config_path("smollm2_hotpotqa_cpu"), [
+            f"run_dir={tmp_path}", "steps=3", f"data.train_files=[{parquet}]", f"data.val_files=[{parquet}]",
+            f"policy.model={tiny_policy_dir}", "policy.trainable=all", "warm_start.kind=none",
+            "retriever.index=null", f"retriever.urls=[{','.join(urls)}]", "retriever.retries=1",
+            "rollout.questions_per_step=2", "rollout.group_size=2", "algorithm.mini_batch_size=4",
+            "algorithm.micro_batch_size=2", "rollout.episode.max_turns=3",
+        ])  # fmt: skip
+        model, tokenizer = load_policy(str(tiny_policy_dir), config.policy)
+        search = make_searcher(config.retriever)()
+        env = AgentEnv(
+            ScriptedPolicy(tokenizer, respond), tokenizer, search, make_squeezer("extractive"), config.rollout.episode
+        )
+        trainer = Trainer(config, model, tokenizer, env, build_task(config))
+        try:
+            steps = [trainer.train_step()]
+            first.close()  # the first server stops between two steps
+            steps += [trainer.train_step(), trainer.train_step()]
+        finally:
+            trainer.close()
+    assert [row["rollout/searches"] for row in steps] == [2.0, 2.0, 2.0]
+    assert steps[0]["rollout/retriever_failovers"] == 0
+    assert steps[-1]["rollout/retriever_failovers"] >= 2  # cumulative: the batches that started at the dead one
+    assert all(row["rollout/retrieval_errors"] == 0 for row in steps)
+    assert trainer.step == 3
