@@ -58,7 +58,7 @@ async def build_env(spec: EnvSpec) -> AgentEnv:
     from agent_env.models import resolve_model_path
 
     resolve_model_path(spec.model)
-    search = await _build_search(spec)
+    search = await build_search(spec)
     try:
         squeezer = make_squeezer(spec.squeezer)
     except Exception:
@@ -81,7 +81,8 @@ def _build_engine(spec: EnvSpec) -> tuple[Any, Any]:
     return engine, engine.tokenizer
 
 
-async def _build_search(spec: EnvSpec) -> SearchBackend:
+async def build_search(spec: EnvSpec) -> SearchBackend:
+    """The spec's search backend: its index directory in-process, or its retriever server (health-checked)."""
     if spec.index_dir is not None:
         return _local_search(Path(spec.index_dir))
     assert spec.retriever_url is not None

@@ -155,7 +155,7 @@ ALIAS_FIELDS = ("answer_aliases", "aliases")
 _DISTRACTOR_FIELDS = ("id", "_id", "question", "answer", "context", "supporting_facts", *ALIAS_FIELDS)
 
 
-def _context_pairs(value: Any, shape: ContextShape) -> list[tuple[str, list[Any]]]:
+def context_pairs(value: Any, shape: ContextShape) -> list[tuple[str, list[Any]]]:
     """``context`` as (title, sentences) pairs, from ``[[title, [s...]]]`` or ``{title[], sentences[][]}``."""
     if shape == "columns" or (shape is None and isinstance(value, dict)):
         if not isinstance(value, dict) or not isinstance(value.get("title"), list):
@@ -204,7 +204,7 @@ def _titled_context(fields: Mapping[str, Any], shape: ContextShape, separator: s
     """Paragraphs, supporting indices and titles of a HotpotQA/2Wiki-style record (supporting by title).
 
     ``separator`` joins sentences ("" HotpotQA, " " 2Wiki); None reads it off the record's own sentences."""
-    pairs = _context_pairs(_require(fields, "context"), shape)
+    pairs = context_pairs(_require(fields, "context"), shape)
     facts = _supporting_fact_pairs(_require(fields, "supporting_facts"), shape)
     joiner = sentence_separator([sents for _, sents in pairs]) if separator is None else separator
     paragraphs = tuple(

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_env.squeezers import split_sentences
-from data_prep.benchmarks import BenchmarkQuestion, _context_pairs, read_benchmark, sample_indices
+from data_prep.benchmarks import BenchmarkQuestion, context_pairs, read_benchmark, sample_indices
 from data_prep.formats import QAExample, QAFormatError
 from data_prep.qa_sources import read_source
 
@@ -233,7 +233,7 @@ def _data_source(fields: Mapping[str, Any], layout: str) -> str:
 def _sentences_by_title(fields: Mapping[str, Any]) -> dict[str, list[str]]:
     if fields.get("context") is None:
         raise PlanError("no context")
-    pairs = _context_pairs(fields["context"], None)
+    pairs = context_pairs(fields["context"], None)
     return {one_line(title): [str(sentence).strip() for sentence in sentences] for title, sentences in pairs}
 
 

@@ -279,10 +279,10 @@ def _build_union_index(inputs: Sequence[PlannedInput], out: Path) -> str:
 async def _play_job(
     job: DemoJob, index_dir: str | None, plans: list[DemoPlan], breadths: list[int], tokenizer: Any, squeezer: Any
 ) -> list[Played]:
-    from agent_env.assembly import EnvSpec, _build_search
+    from agent_env.assembly import EnvSpec, build_search
 
     # The same choice agent_env.assembly offers: an index directory in-process, or a retriever server (health-checked).
-    search = await _build_search(EnvSpec(model="", index_dir=index_dir, retriever_url=job.retriever_url))
+    search = await build_search(EnvSpec(model="", index_dir=index_dir, retriever_url=job.retriever_url))
     try:
         return await play_plans(
             plans, breadths, tokenizer=tokenizer, search=search, squeezer=squeezer, config=job.config
