@@ -97,9 +97,13 @@ class Method:
     """The step before the episode."""
 
     def episode_config(self, base: EpisodeConfig) -> EpisodeConfig:
-        """The run's episode settings with this method's template and limits, decoding greedily."""
+        """The run's episode settings with this method's template and limits, decoding greedily. The one-turn
+        baselines (direct, rag) answer in the tags format whatever the run's protocol: they never search."""
+        from agent_env.action_formats import templates
+
         return replace(
             base,
+            protocol=base.protocol if self.template in templates(base.protocol) else "tags",
             template=self.template,
             max_turns=self.max_turns or base.max_turns,
             max_variants=self.max_variants or base.max_variants,

@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="output directory (resumed when it holds this run's results)")
     parser.add_argument("--limit", type=int, help="evaluate the first N questions of each dataset")
+    parser.add_argument(
+        "--protocol", default="tags", choices=("tags", "tool_calls"), help="the agents' action format (default tags)"
+    )
     parser.add_argument("--variants", type=int, default=3, help="most query variants per search (default 3)")
     parser.add_argument("--topk", type=int, default=3, help="passages per query, and for naive RAG (default 3)")
     parser.add_argument("--max-turns", type=int, default=4, help="turns per agent episode, answer included (default 4)")
@@ -124,6 +127,7 @@ def _env_spec(args: argparse.Namespace) -> EnvSpec:
     from agent_env.episode import EpisodeConfig
 
     config = EpisodeConfig(
+        protocol=args.protocol,
         max_variants=args.variants,
         topk=args.topk,
         max_turns=args.max_turns,

@@ -118,3 +118,11 @@ def test_rag_episode_answers_from_the_documents_in_its_prompt(
     assert (row["turns"], row["searches"], row["variants"]) == (1, 1, 1)
     assert row["answer_in_passages"] == row["em"], "the script answers exactly when the documents hold a gold"
     assert row["recall"] is not None
+
+
+def test_the_agents_keep_the_runs_protocol_and_the_one_turn_baselines_answer_in_tags() -> None:
+    base = EpisodeConfig(protocol="tool_calls")
+    assert METHODS["expandsearch"].episode_config(base).protocol == "tool_calls"
+    assert METHODS["search_r1"].episode_config(base).protocol == "tool_calls"
+    assert METHODS["direct"].episode_config(base).protocol == "tags"
+    assert METHODS["rag"].episode_config(base).template == "rag"
