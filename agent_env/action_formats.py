@@ -90,16 +90,18 @@ class ToolCallsFormat:
         return tool_calls.parse_tool_call_action(text, max_variants=max_variants, max_query_chars=max_query_chars)
 
     def observation(self, body: str, notice: str, policy_end: str) -> str:
-        # the notice goes inside the tool's turn: after the frame comes the policy's own generation prompt
-        content = f"{body.strip()}\n\n{notice.strip()}" if notice.strip() else body.strip()
-        return self.frames.tool.render(content, policy_ended_turn=policy_end)
+        return self.frames.tool.render(_with_notice(body, notice), policy_ended_turn=policy_end)
 
     def feedback(self, action: Action) -> str:
         return tool_calls.invalid_action_feedback(action)
 
     def reply(self, text: str, notice: str, policy_end: str) -> str:
-        content = f"{text.strip()}\n\n{notice.strip()}" if notice.strip() else text.strip()
-        return self.frames.user.render(content, policy_ended_turn=policy_end)
+        return self.frames.user.render(_with_notice(text, notice), policy_ended_turn=policy_end)
+
+
+def _with_notice(content: str, notice: str) -> str:
+    """A turn's content with the final-turn notice inside it: after a frame comes the policy's generation prompt."""
+    return f"{content.strip()}\n\n{notice.strip()}" if notice.strip() else content.strip()
 
 
 def make_action_format(name: str, tokenizer: Any) -> ActionFormat:

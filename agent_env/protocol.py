@@ -53,17 +53,18 @@ class Action:
         return self.kind != "invalid"
 
 
-def _invalid(reason: str) -> Action:
+def invalid(reason: str) -> Action:
+    """An invalid Action with its reason."""
     return Action(kind="invalid", error=reason)
 
 
-def truncate_turn(text: str) -> str:
-    """Cut a generated turn after the first ``</search>`` or ``</answer>`` (whichever comes first).
+def truncate_turn(text: str, stop: Sequence[str] = STOP_STRINGS) -> str:
+    """Cut a generated turn after the first of the ``stop`` strings (``</search>`` or ``</answer>``).
 
     This is what stopping generation at :data:`STOP_STRINGS` does; use it when the engine did not stop
-    by itself. Text containing neither closing tag is returned unchanged.
+    by itself. Text containing none of them is returned unchanged.
     """
-    ends = [pos + len(tag) for tag in STOP_STRINGS if (pos := text.find(tag)) != -1]
+    ends = [pos + len(tag) for tag in stop if (pos := text.find(tag)) != -1]
     return text[: min(ends)] if ends else text
 
 
@@ -103,12 +104,12 @@ def parse_action(text: str, *, max_variants: int = 3, max_query_chars: int = 200
     kind, body = located
     if kind == "answer":
         answer = clean_answer(body)
-        return Action(kind="answer", answer=answer) if answer else _invalid("empty answer in <answer> </answer>")
+        return Action(kind="answer", answer=answer) if answer else invalid("empty answer in <answer> </answer>")
     body = _STRAY_TAG_RE.sub(" ", body)
     parts = [body] if max_variants == 1 else _SEPARATOR_RE.split(body)
     queries = clean_queries(parts, max_variants, max_query_chars)
     if not queries:
-        return _invalid("empty search: no query between <search> and </search>")
+        return invalid("empty search: no query between <search> and </search>")
     return Action(kind="search", queries=queries)
 
 
@@ -116,15 +117,15 @@ def _locate_action(text: str) -> tuple[str, str] | Action:
     """Find the first completed action: its kind and raw body, or an invalid Action saying why not."""
     closes = [(pos, kind) for kind in _ACTION_TAGS if (pos := text.find(f"</{kind}>")) != -1]
     if not closes:
-        return _invalid(_why_no_action(text))
+        return invalid(_why_no_action(text))
     close_pos, kind = min(closes)
     open_tag = f"<{kind}>"
     open_pos = text.rfind(open_tag, 0, close_pos)
     if open_pos == -1:
         other = "answer" if kind == "search" else "search"
         if text.rfind(f"<{other}>", 0, close_pos) != -1:
-            return _invalid(f"mismatched tags: <{other}> closed by </{kind}>")
-        return _invalid(f"</{kind}> without a matching <{kind}>")
+            return invalid(f"mismatched tags: <{other}> closed by </{kind}>")
+        return invalid(f"</{kind}> without a matching <{kind}>")
     return kind, text[open_pos + len(open_tag) : close_pos]
 
 

@@ -24,7 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent_env.protocol import Action, clean_answer, clean_queries
+from agent_env import protocol
+from agent_env.protocol import Action, clean_answer, clean_queries, invalid
 
 TOOL_NAME = "search"
 STOP_STRINGS = ("</tool_call>", "</answer>")
@@ -81,8 +82,7 @@ def format_tool_call(queries: list[str]) -> str:
 
 def truncate_turn(text: str) -> str:
     """Cut a turn after its first ``</tool_call>`` or ``</answer>``, as stopping generation there does."""
-    ends = [pos + len(tag) for tag in STOP_STRINGS if (pos := text.find(tag)) != -1]
-    return text[: min(ends)] if ends else text
+    return protocol.truncate_turn(text, STOP_STRINGS)
 
 
 def parse_tool_call_action(text: str, *, max_variants: int = 3, max_query_chars: int = 200) -> Action:
@@ -102,27 +102,23 @@ def parse_tool_call_action(text: str, *, max_variants: int = 3, max_query_chars:
         raise ValueError(f"max_variants and max_query_chars must be >= 1, got {max_variants}, {max_query_chars}")
     closes = [(pos, tag) for tag in _CLOSES if (pos := text.find(tag)) != -1]
     if not closes:
-        return _invalid(_why_no_action(text))
+        return invalid(_why_no_action(text))
     close_pos, close_tag = min(closes)
     open_tag = _CLOSES[close_tag]
     open_pos = text.rfind(open_tag, 0, close_pos)
     if open_pos == -1:
-        return _invalid(f"{close_tag} without a matching {open_tag}")
+        return invalid(f"{close_tag} without a matching {open_tag}")
     body = text[open_pos + len(open_tag) : close_pos]
     if close_tag == "</answer>":
         answer = clean_answer(body)
-        return Action(kind="answer", answer=answer) if answer else _invalid("empty answer in <answer> </answer>")
+        return Action(kind="answer", answer=answer) if answer else invalid("empty answer in <answer> </answer>")
     variants = _call_variants(body)
     if isinstance(variants, Action):
         return variants
     queries = clean_queries(variants, max_variants, max_query_chars)
     if not queries:
-        return _invalid("empty search: no query in the call's query_list")
+        return invalid("empty search: no query in the call's query_list")
     return Action(kind="search", queries=queries)
-
-
-def _invalid(reason: str) -> Action:
-    return Action(kind="invalid", error=reason)
 
 
 def _why_no_action(text: str) -> str:
@@ -136,20 +132,20 @@ def _call_variants(body: str) -> list[str] | Action:
     """The raw query variants of a tool call's JSON body, or an invalid Action saying what is wrong."""
     call = _json_object(body)
     if call is None:
-        return _invalid('the tool call is not a JSON object like {"name": "search", "arguments": {...}}')
+        return invalid('the tool call is not a JSON object like {"name": "search", "arguments": {...}}')
     name = call.get("name")
     if name != TOOL_NAME:
-        return _invalid(f"unknown tool {str(name)[:40]!r}: the only tool is {TOOL_NAME!r}")
+        return invalid(f"unknown tool {str(name)[:40]!r}: the only tool is {TOOL_NAME!r}")
     arguments = call.get("arguments", call.get("parameters"))
     if isinstance(arguments, str):
         arguments = _json_object(arguments)
     if not isinstance(arguments, Mapping):
-        return _invalid('the search call needs "arguments": {"query_list": [...]}')
+        return invalid('the search call needs "arguments": {"query_list": [...]}')
     variants = arguments.get("query_list", arguments.get("query"))
     if isinstance(variants, str):
         variants = [variants]
     if not isinstance(variants, list) or not all(isinstance(variant, str) for variant in variants):
-        return _invalid('"query_list" must be a list of strings')
+        return invalid('"query_list" must be a list of strings')
     return variants
 
 

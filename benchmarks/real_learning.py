@@ -54,20 +54,13 @@ def split_halves(raw_dir: Path) -> dict[str, tuple[Path, Path]]:
 
 
 def build_union_index(files: list[Path], out: Path) -> Path:
-    """BM25 over the union of the files' context paragraphs (deduplicated), in ``out/index``."""
-    from data_prep.benchmarks import context_corpus, read_benchmark
-    from retriever_server.corpus import write_wiki18_jsonl
-    from retriever_server.index_dir import build_index
+    """BM25 over the union of the files' context paragraphs (``prepare demos --build-index``'s), reused if built."""
+    from data_prep.benchmarks import read_benchmark
+    from data_prep.demos import INDEX_DIR, build_context_index
 
-    index_dir = out / "index"
-    if (index_dir / "manifest.json").is_file():
-        return index_dir
-    questions = [question for path in files for question in read_benchmark(path)[1]]
-    passages, _ = context_corpus(questions)
-    out.mkdir(parents=True, exist_ok=True)
-    write_wiki18_jsonl(passages, out / "corpus.jsonl")
-    build_index(out / "corpus.jsonl", "bm25", index_dir, progress=False)
-    return index_dir
+    if (out / INDEX_DIR / "manifest.json").is_file():
+        return out / INDEX_DIR
+    return build_context_index([question for path in files for question in read_benchmark(path)[1]], out)
 
 
 def expandsearch(*args: str) -> None:

@@ -37,6 +37,7 @@ from agent_env.protocol import build_messages
 from agent_env.scripted import ScriptedPolicy
 from agent_env.search import SearchBackend
 from agent_env.squeezers import Squeezer
+from data_prep.benchmarks import BenchmarkQuestion
 from data_prep.demo_plans import DemoPlan, PlannedInput, plan_file
 from data_prep.demo_responder import REJECTION_REASONS, DemoResponder, rejection_reason
 
@@ -266,14 +267,21 @@ def prepare_demos(job: DemoJob) -> dict[str, Any]:
 
 def _build_union_index(inputs: Sequence[PlannedInput], out: Path) -> str:
     """BM25 over the union of the inputs' context paragraphs (``prepare qa``'s corpus, across all inputs)."""
+    return str(build_context_index([question for planned in inputs for question in planned.questions], out))
+
+
+def build_context_index(questions: Sequence[BenchmarkQuestion], out: Path) -> Path:
+    """BM25 over the union of the questions' context paragraphs (deduplicated): ``out/corpus.jsonl`` and the
+    index directory ``out/index``, which it returns."""
     from data_prep.benchmarks import context_corpus
     from retriever_server.corpus import write_wiki18_jsonl
     from retriever_server.index_dir import build_index
 
-    passages, _ = context_corpus([question for planned in inputs for question in planned.questions])
+    passages, _ = context_corpus(questions)
+    out.mkdir(parents=True, exist_ok=True)
     write_wiki18_jsonl(passages, out / CORPUS_FILE)
     build_index(out / CORPUS_FILE, "bm25", out / INDEX_DIR, progress=False)
-    return str(out / INDEX_DIR)
+    return out / INDEX_DIR
 
 
 async def _play_job(
