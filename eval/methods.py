@@ -86,7 +86,8 @@ class Method:
     """A compared method: its template, what it overrides of the episode settings, and its pre-episode step."""
 
     description: str
-    template: str
+    template: str | None
+    """The prompt template; None keeps the run's."""
     max_turns: int | None = None
     """Policy turns per episode; None keeps the run's ``max_turns``."""
     max_variants: int | None = None
@@ -101,10 +102,11 @@ class Method:
         baselines (direct, rag) answer in the tags format whatever the run's protocol: they never search."""
         from agent_env.action_formats import templates
 
+        template = self.template or base.template
         return replace(
             base,
-            protocol=base.protocol if self.template in templates(base.protocol) else "tags",
-            template=self.template,
+            protocol=base.protocol if template in templates(base.protocol) else "tags",
+            template=template,
             max_turns=self.max_turns or base.max_turns,
             max_variants=self.max_variants or base.max_variants,
             temperature=0.0,
@@ -123,6 +125,11 @@ METHODS: dict[str, Method] = {
     "expandsearch": Method("ExpandSearch agent: several query variants per search", "expandsearch"),
 }
 """Method name → :class:`Method`, in the order results are reported."""
+
+AS_CONFIGURED = Method("the run's own episode settings, greedy", None)
+"""Not a compared method: the run's own template, variants and turns, decoding greedily — what the trainer and the
+warm starts evaluate with (``eval.runner.greedy_records``). Kept out of :data:`METHODS` so ``--methods`` never
+offers it."""
 
 
 def parse_methods(names: str) -> list[str]:

@@ -30,7 +30,7 @@ from agent_env.rollout import EpisodeInput, RolloutRunner
 from data_prep.formats import QAExample
 from eval.datasets import EvalDataset, for_index_corpus
 from eval.fallback import ANSWER_FALLBACKS
-from eval.methods import METHODS, Method
+from eval.methods import AS_CONFIGURED, METHODS, Method
 from eval.metrics import aggregate
 from eval.records import example_record
 from eval.report import write_reports
@@ -100,7 +100,15 @@ async def evaluate_method(
         log(f"{dataset.name} / {name}: {len(todo)} to play" + (f", {done} already in {path}" if done else ""))
         started = time.perf_counter()
         progress = _progress(f"{dataset.name} / {name}", len(todo), log)
-        await _play_all(method_env, method, todo, results, concurrency, progress, answer_fallback)
+        await play_examples(
+            method_env,
+            method,
+            todo,
+            results.append,
+            concurrency=concurrency,
+            progress=progress,
+            answer_fallback=answer_fallback,
+        )
         seconds = time.perf_counter() - started
         rows = [results.records[example.id] for example in dataset.examples]
     metrics = {**aggregate(rows), "seconds": seconds, "played": float(len(todo))}
@@ -123,16 +131,22 @@ def _progress(label: str, total: int, log: Log) -> Callable[[], None]:
     return tick
 
 
-async def _play_all(
+RecordSink = Callable[[dict[str, Any]], None]
+"""Where :func:`play_examples` hands each finished question's record (a results file's ``append``, a dict)."""
+
+
+async def play_examples(
     env: AgentEnv,
     method: Method,
     examples: Sequence[QAExample],
-    results: ResultsFile,
-    concurrency: int,
-    progress: Callable[[], None],
+    record: RecordSink,
+    *,
+    concurrency: int = 64,
+    progress: Callable[[], None] | None = None,
     answer_fallback: str = "none",
 ) -> None:
-    """Play ``examples`` with at most ``concurrency`` in flight, appending each record as its episode ends.
+    """Play ``examples`` with at most ``concurrency`` in flight, handing each record to ``record`` as its episode
+    ends (``env`` already carries the method's episode settings).
 
     Each question is its own ``runner.run([...])`` call on the one runner, because ``RolloutRunner.run`` hands
     back its trajectories only when all of them have ended, and a record must be written when its episode ends
@@ -146,15 +160,16 @@ async def _play_all(
             prepared = await method.prepare(env, example.question)
             episode = EpisodeInput(prepared.question, tuple(example.golden_answers), example.id)
             (trajectory,) = await runner.run([episode])
-        record = example_record(
+        row = example_record(
             example,
             trajectory,
             environment_turns=prepared.environment_turns,
             retrieves=method.retrieves,
             answer_fallback=answer_fallback,
         )
-        results.append(record)
-        progress()
+        record(row)
+        if progress is not None:
+            progress()
 
     tasks = [asyncio.ensure_future(play(example)) for example in examples]
     try:
@@ -164,6 +179,20 @@ async def _play_all(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+async def greedy_records(
+    env: AgentEnv, examples: Sequence[QAExample], *, concurrency: int = 64
+) -> list[dict[str, Any]]:
+    """The records of greedy episodes on ``examples`` with ``env``'s own episode settings (template, variants,
+    turns), in the examples' order: the evaluator of the trainer and the warm starts, the same one as
+    ``expandsearch eval``'s (same episodes, same rows, same metrics)."""
+    method_env = replace(env, config=AS_CONFIGURED.episode_config(env.config))
+    by_id: dict[str, dict[str, Any]] = {}
+    await play_examples(
+        method_env, AS_CONFIGURED, examples, lambda row: by_id.__setitem__(row["id"], row), concurrency=concurrency
+    )
+    return [by_id[example.id] for example in examples]
 
 
 def run_settings(spec: EnvSpec, datasets: Sequence[EvalDataset], answer_fallback: str = "none") -> dict[str, Any]:

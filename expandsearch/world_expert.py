@@ -19,7 +19,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -336,15 +336,15 @@ def _play(
 def evaluate_world_policy(
     model: Any, tokenizer: Any, world: WorldData, index: BM25Index, config: WarmStartConfig
 ) -> dict[str, float]:
-    """Held-out metrics under ``eval/…``: the policy answers test questions greedily through the environment."""
-    from agent_env.engine import TransformersEngine
+    """Held-out metrics under ``eval/…``: the policy answers test questions greedily through the environment,
+    with the evaluator of the trainer and ``expandsearch eval`` (``eval.runner.greedy_records``)."""
+    from agent_env.search import LocalSearch
+    from expandsearch.rl.evaluation import greedy_rows, summarize
 
     questions = _sample(world.questions["test"], config.eval_questions, config.bc.seed + 2)
-    engine = TransformersEngine(model, tokenizer, seed=config.bc.seed)
-    greedy = replace(config, episode=replace(config.episode, temperature=0.0))
-    trajectories = _play(engine, tokenizer, index, questions, greedy)
-    summary = summarize_rollouts(trajectories)
-    return {key.replace("rollout/", "eval/"): value for key, value in summary.items()}
+    play = greedy_rows(model, tokenizer, lambda: LocalSearch(index), questions, config.episode, config.squeezer)
+    metrics = summarize(asyncio.run(play), {})["metrics"]
+    return {f"eval/{key}": value for key, value in metrics.items()}
 
 
 def _log_to(log: Callable[[str], None], stage: str) -> Callable[[dict[str, float]], None]:

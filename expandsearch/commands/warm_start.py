@@ -20,7 +20,7 @@ SHOWN_METRICS = (
     "pretrain/final_loss",
     "bc/first_loss",
     "bc/final_loss",
-    "eval/reward_mean",
+    "eval/em",
     "eval/valid_action_rate",
     "eval/variants_per_search",
     "eval/searches",

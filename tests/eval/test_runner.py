@@ -25,7 +25,7 @@ from data_prep.expert_policy import ExpertResponder
 from data_prep.synthetic import World, WorldLexicon
 from eval.datasets import DatasetSpec, EvalDataset
 from eval.methods import METHODS
-from eval.runner import evaluate, model_identity, retriever_identity, run_settings
+from eval.runner import evaluate, greedy_records, model_identity, retriever_identity, run_settings
 from retriever_server.bm25 import BM25Index
 
 QUESTIONS = 12
@@ -123,6 +123,30 @@ def test_records_are_streamed_per_example_with_metrics_and_trace(full_run: tuple
     rag = lines(out / "world" / "rag.jsonl")[0]
     assert rag["trace"][0]["action"] == "retrieve"
     assert rag["trace"][0]["queries"] == [rag["question"]]
+
+
+def test_the_trainers_evaluator_plays_what_expandsearch_eval_plays(
+    full_run: tuple[Path, Any], tiny_world: World, policy_tokenizer: Any, world_bm25: BM25Index
+) -> None:
+    """One greedy evaluator: ``greedy_records`` with the run's own settings (what the trainer, the warm starts and
+    the main job's final rows use) writes the same rows as ``expandsearch eval``'s method with those settings."""
+    out, _ = full_run
+    responder = ExpertResponder(tiny_world.questions["test"], WorldLexicon.of(tiny_world))
+    examples = world_dataset(tiny_world).examples
+
+    async def run() -> list[dict[str, Any]]:
+        search = LocalSearch(world_bm25)
+        config = EpisodeConfig(template="expandsearch")  # the settings METHODS["expandsearch"] plays with
+        env = AgentEnv(ScriptedPolicy(policy_tokenizer, responder), policy_tokenizer, search, NoSqueezer(), config)
+        try:
+            return await greedy_records(env, examples, concurrency=3)
+        finally:
+            await search.aclose()
+
+    rows = asyncio.run(run())
+    assert [row["id"] for row in rows] == [example.id for example in examples]  # in the examples' order
+    by_eval = {record["id"]: record for record in lines(out / "world" / "expandsearch.jsonl")}
+    assert {row["id"]: row for row in rows} == by_eval
 
 
 def test_a_rerun_plays_nothing_and_reports_the_same(

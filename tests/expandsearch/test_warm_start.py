@@ -290,7 +290,7 @@ def test_cli_writes_a_loadable_policy_and_its_metrics(world_dir: Path, tmp_path:
     metrics = record["metrics"]
     assert math.isfinite(metrics["bc/final_loss"])
     assert metrics["bc/steps"] == 3
-    assert metrics["eval/episodes"] == 3
+    assert metrics["eval/questions"] == 3
     assert 0.0 <= metrics["eval/valid_action_rate"] <= 1.0
     assert record["config"]["model"]["hidden_size"] == 32
     assert record["config"]["bc"]["seed"] == 1

@@ -9,6 +9,7 @@ and parquet values back for comparison.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -27,6 +28,8 @@ from retriever_server.base import SearchHit
 from retriever_server.bm25 import BM25Index
 
 EXPANDSEARCH = Path(sys.executable).parent / "expandsearch"
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+"""The environment of a CLI subprocess in a test: one torch thread (the test workers share two cores), offline."""
 """The console script of this environment (``pip install -e .`` puts it next to the interpreter)."""
 
 

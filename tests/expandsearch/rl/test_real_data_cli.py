@@ -5,18 +5,16 @@ a free port, and a tiny real model in place of SmolLM2."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import run_expandsearch, served_retriever
+from support import ONE_THREAD, run_expandsearch, served_retriever
 
 from expandsearch.tracking import METRICS_FILE, read_metrics
 
 pytestmark = pytest.mark.slow
 
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
 HOTPOT = "hotpotqa/hotpotqa_distractor_dev300.jsonl"
 
 

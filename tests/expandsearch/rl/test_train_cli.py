@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -12,13 +11,12 @@ from typing import Any
 
 import pytest
 import yaml
-from support import EXPANDSEARCH, comparable_metrics, require_console_script, run_expandsearch
+from support import EXPANDSEARCH, ONE_THREAD, comparable_metrics, require_console_script, run_expandsearch
 
+from eval.store import ResultsFile
 from expandsearch.tracking import METRICS_FILE, read_metrics
 
 pytestmark = pytest.mark.slow
-
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
 
 
 def quick_overrides(run_dir: Path) -> list[str]:
@@ -63,6 +61,15 @@ def test_main_job_writes_every_artifact(tmp_path: Path) -> None:
     assert "after RL vs warm start: EM " in result.stdout
     assert "after RL, 1 query/search vs after RL: EM " in result.stdout
     assert set(summary["timings_s"]) == {"world", "index", "warm start", "rl", "evaluation"}
+    # every evaluated question as `expandsearch eval` writes it: the row the summary's EM is the mean of, and its trace
+    for file_name, name in [
+        ("warm_start", "warm start"),
+        ("after_rl", "after RL"),
+        ("after_rl_1_query_search", "after RL, 1 query/search"),
+    ]:
+        records = ResultsFile(run_dir / "eval" / "held_out" / f"{file_name}.jsonl").records
+        assert {key: row["em"] for key, row in records.items()} == summary["evaluations"][name]["reward_by_question"]
+        assert all(row["trace"] and row["golds"] for row in records.values())
     rows = read_metrics(run_dir / METRICS_FILE)
     assert [row["step"] for row in rows] == [0, 1, 2]  # step 0: the warm start's evaluation, where the EM curve starts
     assert "eval/em" in rows[0]
