@@ -28,7 +28,8 @@ from agent_env import protocol
 from agent_env.protocol import Action, clean_answer, clean_queries, invalid
 
 TOOL_NAME = "search"
-STOP_STRINGS = ("</tool_call>", "</answer>")
+TOOL_CALL_CLOSE = "</tool_call>"
+STOP_STRINGS = (TOOL_CALL_CLOSE, "</answer>")
 """Generation stops after the first tool call or answer, like the tags format's stop strings."""
 _CLOSES = {"</tool_call>": "<tool_call>", "</answer>": "<answer>"}
 

@@ -22,6 +22,7 @@ from typing import Any
 from agent_env.episode import FINAL_TURN_NOTICE, EpisodeConfig, Trajectory
 from agent_env.reward import normalize_answer
 from agent_env.squeezers import split_sentences
+from agent_env.tool_calls import TOOL_CALL_CLOSE, chat_frames, format_tool_call
 from data_prep.demo_plans import DemoPlan, Hop, contains, norm_text
 from data_prep.expert_policy import split_context
 
@@ -37,10 +38,21 @@ REJECTION_REASONS = (
 )
 """Every reason a question yields no demonstration, in the order they are checked."""
 _OBSERVATION_RE = re.compile(r"<information>(.*?)</information>", re.DOTALL)
+"""Observations of the ``tags`` protocol: ``<information>`` blocks inside the assistant's text."""
 _QUOTE_WINDOWS = (None, 24, 16, 10, 6)  # words kept around the fact when a quote makes the turn too long
 
 
 # --- reading observations -------------------------------------------------------------------------------------------
+
+
+def observation_pattern(tokenizer: Any, protocol: str) -> re.Pattern[str]:
+    """What finds the observations in a decoded context: the ``<information>`` blocks of the ``tags`` protocol, or
+    for ``tool_calls`` the text from each ``</tool_call>`` to the generation prompt that the template's
+    tool-response turn ends with (the turn's header is read along with the passages: it names no title)."""
+    if protocol != "tool_calls":
+        return _OBSERVATION_RE
+    frame = chat_frames(tokenizer).tool
+    return re.compile(re.escape(TOOL_CALL_CLOSE) + "(.*?)" + re.escape(frame.after), re.DOTALL)
 
 
 def _labelled_lines(observation: str, title: str) -> list[str] | None:
@@ -113,12 +125,13 @@ class DemoResponder:
         if not 1 <= breadth <= config.max_variants:
             raise ValueError(f"breadth {breadth} must lie within 1..{config.max_variants}")
         self.plan, self.breadth, self.tokenizer, self.config = plan, breadth, tokenizer, config
+        self.observations_re = observation_pattern(tokenizer, config.protocol)
         self.quotes: list[list[str]] = []  # per turn written, the quotes its <think> holds
         self.targets: list[list[int]] = []  # per turn written, the hops it searched for
 
     def __call__(self, context: str) -> str:
         _, tail = split_context(context)
-        observations = _OBSERVATION_RE.findall(tail)
+        observations = self.observations_re.findall(tail)
         progress = self._replay(observations)
         last = FINAL_TURN_NOTICE.strip() in tail or len(observations) >= self.config.max_turns - 1
         search = None if last else self._next_search(progress)
@@ -184,6 +197,8 @@ class DemoResponder:
             answer = self.plan.answer
             return f"<think> {read}So the answer is {answer}. </think>\n<answer> {answer} </answer>"
         needs = " and ".join(self.plan.hops[index].need for index in search[0])
+        if self.config.protocol == "tool_calls":
+            return f"<think> {read}I need to find {needs}. </think>\n{format_tool_call(search[1])}"
         return f"<think> {read}I need to find {needs}. </think>\n<search> {' ## '.join(search[1])} </search>"
 
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent_env.action_formats import make_action_format
 from agent_env.episode import AgentEnv, EpisodeConfig, Trajectory, run_episode
-from agent_env.protocol import build_messages
 from agent_env.scripted import ScriptedPolicy
 from agent_env.search import SearchBackend
 from agent_env.squeezers import Squeezer
@@ -99,12 +99,20 @@ async def play_plans(
 # --- output -------------------------------------------------------------------------------------------------------
 
 
-def chat_messages(played: Played, tokenizer: Any, template: str, max_variants: int) -> list[dict[str, str]]:
-    """The episode as chat messages: the prompt, then each policy turn as an assistant message and each
-    environment insertion (observation, notice) as the turn the tag protocol's chat view shows it in, a user
-    message. The token-level trajectory is the exact one; these are for TRL / verl multi-turn SFT readers."""
-    messages = build_messages(played.plan.example.question, template, max_variants)
+def chat_messages(played: Played, tokenizer: Any, config: EpisodeConfig) -> list[dict[str, str]]:
+    """The episode as chat messages (for TRL / verl multi-turn SFT readers; the token-level trajectory is the
+    exact one): the prompt, then each policy turn as an assistant message and each environment insertion as the
+    turn the protocol shows it in — a user message in ``tags`` (where observations sit in the assistant's text,
+    as the tag protocol's chat view shows them), a ``tool`` message holding the observation in ``tool_calls``."""
+    action_format = make_action_format(config.protocol, tokenizer)
+    messages = action_format.messages(played.plan.example.question, config.template, config.max_variants)
     trajectory = played.trajectory
+    if config.protocol == "tool_calls":
+        for turn in trajectory.turns:
+            messages.append({"role": "assistant", "content": turn.policy_text.strip()})
+            if turn.observation:
+                messages.append({"role": "tool", "content": turn.observation.strip()})
+        return messages
     start = 0
     for end in range(1, len(trajectory.response_ids) + 1):
         if end == len(trajectory.response_ids) or trajectory.response_mask[end] != trajectory.response_mask[start]:
@@ -123,13 +131,13 @@ def demo_record(played: Played, tokenizer: Any, tokenizer_spec: str, config: Epi
         "question": plan.example.question,
         "golden_answers": list(plan.example.golden_answers),
         "breadth": played.breadth,
-        "messages": chat_messages(played, tokenizer, config.template, config.max_variants),
+        "messages": chat_messages(played, tokenizer, config),
         "prompt_ids": trajectory.prompt_ids,
         "response_ids": trajectory.response_ids,
         "response_mask": trajectory.response_mask,
         "reward": trajectory.reward,
         "tokenizer": tokenizer_spec,
-        "protocol": "tags",
+        "protocol": config.protocol,
         "hops": len(plan.hops),
         "searches": int(trajectory.metrics["searches"]),
         "quotes": played.quotes,
@@ -328,6 +336,6 @@ def _job_summary(
         "seed": job.seed,
         "limit": job.limit,
         "tokenizer": spec,
-        "protocol": "tags",
+        "protocol": job.config.protocol,
         "seconds": round(seconds, 1),
     }

@@ -7,7 +7,8 @@ Four jobs, one sub-subcommand each (see ``docs/data.md``)::
     expandsearch prepare corpus --input psgs_w100.tsv --out data/wiki18.jsonl [--format auto]
     expandsearch prepare mix --input data/nq data/hotpotqa --out data/mix/train.parquet [--sizes N,M] [--seed S]
     expandsearch prepare demos --input hotpot.jsonl 2wiki.jsonl --out runs/demos (--index DIR | --retriever-url URL
-        | --build-index) --tokenizer smollm2 [--squeezer extractive] [--topk 3] [--variant-mix 1,2,3]
+        | --build-index) --tokenizer smollm2 [--protocol tags|tool_calls] [--squeezer extractive] [--topk 3]
+        [--variant-mix 1,2,3]
 
 ``qa`` writes ``{split}.jsonl`` (FlashRAG), ``{split}.parquet`` (verl) and, for distractor-style sources,
 ``corpus.jsonl`` with the questions' ``supporting_ids``. Each job prints one summary line; bad input exits with
@@ -83,6 +84,12 @@ def _add_demos(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-response-tokens", type=int, default=4096, help="response budget (default 4096)")
     parser.add_argument("--template", default="expandsearch", help="prompt template (default expandsearch)")
+    parser.add_argument(
+        "--protocol",
+        default="tags",
+        choices=("tags", "tool_calls"),
+        help="action format the demonstrations are written in, as rollout.episode.protocol (default tags)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="questions per input, sub-sampled with --seed")
     parser.add_argument("--seed", type=int, default=0, help="sub-sampling and breadth seed (default 0)")
 
@@ -145,6 +152,7 @@ def _run_demos(args: argparse.Namespace) -> str:
     try:
         config = EpisodeConfig(
             template=args.template,
+            protocol=args.protocol,
             topk=args.topk,
             max_turns=args.max_turns,
             max_turn_tokens=args.max_turn_tokens,

@@ -248,3 +248,47 @@ def test_smollm2_demonstrations(real_data: Path, tmp_path: Path) -> None:
     assert len(sft_read([tmp_path / DEMOS_FILE], tokenizer, protocol="tags")) == len(records)
     with pytest.raises(ValueError, match=r"written in the tags format, but rollout\.episode\.protocol is tool_calls"):
         sft_read([tmp_path / DEMOS_FILE], tokenizer, protocol="tool_calls")
+
+
+def test_tool_call_demonstrations_keep_the_contract(real_data: Path, tmp_path: Path) -> None:
+    """``protocol: tool_calls``: the searches are hermes tool calls that the tool_calls parser reads, the passages
+    come back in the template's tool-response turn (every token of it masked), quotes are of what those turns
+    showed, and the chat messages hold them as ``tool`` messages; SFT takes the file for a tool_calls run only."""
+    from agent_env.models import load_tokenizer
+    from agent_env.tool_calls import chat_frames, parse_tool_call_action
+    from expandsearch.sft import read_demonstrations as sft_read
+
+    config = EpisodeConfig(protocol="tool_calls", max_turn_tokens=500, max_observation_tokens=500)
+    job = DemoJob(inputs(real_data)[:1], str(tmp_path), "smollm2", build_index=True, limit=6, config=config)
+    summary = prepare_demos(job)
+    assert summary["protocol"] == "tool_calls"
+    assert summary["kept"] > 0
+    tokenizer = load_tokenizer("smollm2")
+    tool_turn = chat_frames(tokenizer).tool
+    for record in lines(tmp_path):
+        assert record["protocol"] == "tool_calls"
+        texts = [(mask, tokenizer.decode(ids, skip_special_tokens=False)) for mask, ids in runs(record)]
+        assert texts[0][0] == 1
+        assert texts[-1][0] == 1
+        policy = [text for mask, text in texts if mask == 1]
+        environment = [text for mask, text in texts if mask == 0]
+        assert all(text.endswith(tool_turn.after) and "<information>" not in text for text in environment)
+        assert all("</tool_call>" not in text and text.count(tool_turn.after) == 1 for text in environment)
+        assert len(record["quotes"]) == len(policy)
+        for turn, quotes in enumerate(record["quotes"]):
+            shown = " ".join(" ".join(env.split()) for env in environment[:turn])
+            assert all(" ".join(quote.split()) in shown for quote in quotes)
+        for text in policy[:-1]:
+            action = parse_tool_call_action(text, max_variants=3)
+            assert action.kind == "search", text
+            assert 1 <= len(action.queries) <= record["breadth"]
+        final = parse_tool_call_action(policy[-1])
+        assert final.kind == "answer"
+        assert final.answer == record["golden_answers"][0]
+        roles = [message["role"] for message in record["messages"]]
+        assert roles[-1] == "assistant"
+        assert roles.count("tool") == len(policy) - 1
+        assert "<tool_call>" in record["messages"][roles.index("assistant")]["content"]
+    assert len(sft_read([tmp_path / DEMOS_FILE], tokenizer, protocol="tool_calls")) == summary["kept"]
+    with pytest.raises(ValueError, match="tool_calls format"):
+        sft_read([tmp_path / DEMOS_FILE], tokenizer, protocol="tags")
