@@ -264,9 +264,15 @@ class TransformersEngine:
         # Validated here, not in the batch, so one bad request cannot fail the other episodes batched with it.
         return await self._batcher.submit(self._make_row(prompt_ids, sampling))
 
-    def generate_batch(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams) -> list[Generation]:
-        """Synchronous batched generation of many prompts (benchmarks, evaluation without episodes)."""
-        rows = [self._make_row(prompt, sampling) for prompt in prompts]
+    def generate_batch(
+        self, prompts: Sequence[Sequence[int]], sampling: SamplingParams | Sequence[SamplingParams]
+    ) -> list[Generation]:
+        """Synchronous batched generation of many prompts (benchmarks, evaluation and single-turn RL without
+        episodes); ``sampling`` is one for all, or one per prompt (per-request seeds, as vLLM takes them)."""
+        each = [sampling] * len(prompts) if isinstance(sampling, SamplingParams) else list(sampling)
+        if len(each) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(each)} sampling parameters")
+        rows = [self._make_row(prompt, params) for prompt, params in zip(prompts, each, strict=True)]
         return self._generate_batch(rows) if rows else []
 
     def _make_row(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> _Row:

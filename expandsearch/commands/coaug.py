@@ -7,6 +7,7 @@
     expandsearch coaug augment --beir DIR --side documents --kind sparse --model smollm2 --out runs/docs
     expandsearch coaug augment --beir DIR --side queries --split test --kind sparse --model smollm2 --out runs/q
     expandsearch coaug eval --beir DIR --index idx [--augmented-index idx_aug] [--query-augmentations runs/q] --out R
+    expandsearch coaug train [--config FILE] [--resume] [KEY=VALUE ...]   # joint RL (expandsearch train, task coaug)
 
 ``augment`` is resumable: run it again with the same ``--out`` after a kill and it augments only what is missing;
 ``--side documents`` also writes ``OUT/corpus.jsonl``, the augmented corpus for ``expandsearch index``.
@@ -20,12 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from expandsearch.cli import UserError
+from train_configs import config_path
 
 if TYPE_CHECKING:
     from agent_env.augment import Side
 
 HELP = "co-augmentation on BEIR data: prepare a corpus, augment documents or queries with an LLM, evaluate"
 
+COAUG_CONFIG = config_path("smollm2_scifact_coaug_cpu.yaml")
+"""``coaug train``'s default configuration (package data)."""
 KINDS = ("sparse", "dense")  # agent_env.augment.KINDS, kept literal so --help imports nothing heavy
 
 
@@ -36,6 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _augment_arguments(sub.add_parser("augment", help="augment a BEIR corpus's documents or a split's queries"))
     _eval_arguments(sub.add_parser("eval", help="NDCG@10 / Recall@100 per condition: none, query, documents, both"))
+    _train_arguments(
+        sub.add_parser("train", help="joint RL of query + document augmentation (expandsearch train, task coaug)")
+    )
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    from expandsearch.commands import train
+
+    train.add_arguments(parser)
+    parser.set_defaults(config=str(COAUG_CONFIG))
 
 
 def _prepare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,8 +95,15 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    steps = {"prepare": _prepare, "augment": _augment, "eval": _eval}
+    steps = {"prepare": _prepare, "augment": _augment, "eval": _eval, "train": _train}
     return steps[args.coaug_command](args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    """``expandsearch train`` on the co-augmentation config (the SciFact sample, SmolLM2) unless --config says."""
+    from expandsearch.commands import train
+
+    return train.run(args)
 
 
 def _prepare(args: argparse.Namespace) -> int:

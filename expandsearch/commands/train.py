@@ -35,6 +35,6 @@ def run(args: argparse.Namespace) -> int:
         print(describe_config(TrainConfig, config))
         return 0
     summary = run_main_job(config, resume=args.resume)
-    print(summary_table(summary))
+    print(summary["table"] if "table" in summary else summary_table(summary))
     print(f"summary: {Path(config.run_dir) / 'summary.json'}")
     return 0

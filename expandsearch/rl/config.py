@@ -21,8 +21,9 @@ class WorldSection:
     world_expert``) a warm-started tiny policy under the run directory, which the trainer then takes like any
     other data, index and policy."""
 
-    size: Literal["tiny", "small", "medium"] = "tiny"
-    """Preset of ``data_prep.synthetic.WORLD_SIZES`` (tiny: 588 passages, 756 training questions)."""
+    size: Literal["tiny", "demo", "small", "medium"] = "demo"
+    """Preset of ``data_prep.synthetic.WORLD_SIZES`` (demo: 1,692 passages, 809 training and 2,268 held-out test
+    questions; tiny: 588 passages, 756 and 216)."""
     seed: int = 0
     """Seed of the world's names, facts, wordings and splits."""
     path: str | None = None
@@ -38,7 +39,10 @@ class DataSection:
     val_files: tuple[str, ...] = ()
     """Held-out parquet files: the evaluations during training and at the end."""
     world: WorldSection | None = field(default_factory=WorldSection)
-    """The synthetic world instead of files (``null`` when train_files are given)."""
+    """The synthetic world instead of files (``null`` when train_files or beir are given)."""
+    beir: str | None = None
+    """A BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/train.tsv`` and ``test.tsv``) for ``task:
+    coaug``: training queries from the train qrels, evaluation on the test qrels."""
     max_train_questions: int = 0
     """Training questions kept after shuffling (0: all)."""
     max_val_questions: int = 0
@@ -49,8 +53,12 @@ class DataSection:
     def __post_init__(self) -> None:
         if self.world is not None and (self.train_files or self.val_files):
             raise ValueError("data.world and data.train_files/val_files at once: set data.world=null to train on files")
-        if self.world is None and not (self.train_files and self.val_files):
-            raise ValueError("no data: give data.train_files and data.val_files (parquet), or a data.world section")
+        if self.beir is not None and (self.world is not None or self.train_files or self.val_files):
+            raise ValueError("data.beir and data.world or data files at once: give one source (data.world=null)")
+        if self.world is None and self.beir is None and not (self.train_files and self.val_files):
+            raise ValueError(
+                "no data: give data.train_files and data.val_files (parquet), a data.world section, or data.beir"
+            )
         if self.max_train_questions < 0 or self.max_val_questions < 0:
             raise ValueError("data.max_train_questions and max_val_questions must be >= 0")
 
@@ -307,7 +315,48 @@ class LoggingSection:
     """Write PNG training curves into the run directory at the end."""
 
 
-TASKS = ("qa_em",)
+@dataclass(frozen=True)
+class CoAugSection:
+    """``task: coaug``: query and document augmentation trained jointly by the batch-level NDCG@10 reward
+    (``agent_env.coaug_reward``; docs/coaugmentation.md). Each training query brings one query prompt,
+    ``positives`` documents from its train qrels and ``negatives`` random ones; ``rollout.group_size``
+    augmentations are sampled per prompt at ``rollout.episode.temperature``."""
+
+    kind: Literal["sparse"] = "sparse"
+    """The augmenter's prompts and the reward's retriever: sparse (BM25 with the whole corpus's IDF)."""
+    train: Literal["both", "query", "document"] = "both"
+    """Which side's policy samples and learns; the other side keeps its original text (each side alone)."""
+    positives: int = 5
+    """Documents sampled from a query's train qrels (with replacement when it has fewer)."""
+    negatives: int = 10
+    """Random documents of the corpus a query is not judged relevant to."""
+    max_new_tokens: int = 96
+    """Tokens per augmentation."""
+    think: bool = True
+    """The prompt asks for ``<think>`` first; false prefills ``<answer>`` so every token is the augmentation (a
+    small model's budget goes to the answer)."""
+    max_prompt_tokens: int = 256
+    """A document is cut (in tokens) so its prompt fits."""
+    draws: int = 0
+    """Column draws of the reward estimate (0: the reference's count)."""
+    pos_weight: float = 10.0
+    """A document version's reward weighs its own query's rows ``1 + pos_weight * relevance``."""
+    k1: float = 0.9
+    """BM25 k1 of the reward and the evaluation (the SciFact anchor's)."""
+    b: float = 0.4
+    """BM25 b of the reward and the evaluation."""
+
+    def __post_init__(self) -> None:
+        if self.positives < 1 or self.negatives < 0 or self.max_new_tokens < 1 or self.draws < 0:
+            raise ValueError("coaug needs positives >= 1, negatives >= 0, max_new_tokens >= 1 and draws >= 0")
+
+    def prompts_per_query(self) -> int:
+        """Prompts each training query brings to a step."""
+        documents = self.positives + self.negatives
+        return {"both": 1 + documents, "query": 1, "document": documents}[self.train]
+
+
+TASKS = ("qa_em", "coaug")
 """Names of ``expandsearch.rl.tasks.TASKS`` (kept here so that validating a config imports no task code)."""
 
 
@@ -329,7 +378,7 @@ class TrainConfig:
     """Threads of torch's CPU kernels (0: leave torch's default)."""
     task: str = "qa_em"
     """What episodes are played and how a batch is scored (``expandsearch.rl.tasks``): ``qa_em`` answers
-    questions with the exact-match reward."""
+    questions with the exact-match reward; ``coaug`` augments queries and documents (``data.beir``, ``coaug``)."""
     data: DataSection = field(default_factory=DataSection)
     """The questions."""
     policy: PolicySection = field(default_factory=PolicySection)
@@ -351,6 +400,14 @@ class TrainConfig:
     """Held-out evaluation."""
     logging: LoggingSection = field(default_factory=LoggingSection)
     """Metrics, TensorBoard, W&B, plots."""
+    coaug: CoAugSection = field(default_factory=CoAugSection)
+    """Settings of ``task: coaug``."""
+
+    @property
+    def episodes_per_step(self) -> int:
+        """Sampled responses per RL step: questions (or queries) x prompts each x ``group_size``."""
+        prompts = self.coaug.prompts_per_query() if self.task == "coaug" else 1
+        return self.rollout.questions_per_step * prompts * self.rollout.group_size
 
     def __post_init__(self) -> None:
         for name in ("steps", "checkpoint_every", "keep_checkpoints"):
@@ -365,15 +422,21 @@ class TrainConfig:
                 f"warm_start.world_expert.variant_mix {list(self.warm_start.world_expert.variant_mix)} must lie "
                 f"within 1..{most} (rollout.episode.max_variants); use [] for always the maximum"
             )
-        episodes = self.rollout.questions_per_step * self.rollout.group_size
+        episodes = self.episodes_per_step
         if episodes % self.algorithm.mini_batch_size:
+            per = " x coaug prompts per query" if self.task == "coaug" else ""
             raise ValueError(
-                f"a step's {episodes} episodes (questions_per_step x group_size) are not a multiple of "
+                f"a step's {episodes} episodes (questions_per_step{per} x group_size) are not a multiple of "
                 f"algorithm.mini_batch_size {self.algorithm.mini_batch_size}"
             )
 
     def _check_sources(self) -> None:
         """The combinations of data, policy, retriever and warm start that make a run (no I/O: see preflight)."""
+        if (self.task == "coaug") != (self.data.beir is not None):
+            raise ValueError("task coaug trains on data.beir, and data.beir is for task coaug: set both or neither")
+        if self.task == "coaug":
+            self._check_coaug()
+            return
         kind = self.warm_start.kind
         if kind == "world_expert" and self.data.world is None:
             raise ValueError("warm_start.kind world_expert needs data.world (use sft or none with data files)")
@@ -385,3 +448,9 @@ class TrainConfig:
             raise ValueError("warm_start.kind sft needs warm_start.sft.demonstrations (expandsearch prepare demos)")
         if self.data.world is None and self.retriever.index is None and not self.retriever.urls:
             raise ValueError("no retriever: give retriever.index (a directory) or retriever.urls (running servers)")
+
+    def _check_coaug(self) -> None:
+        if self.warm_start.kind != "none" or self.policy.model == "tiny":
+            raise ValueError("task coaug starts from a named policy.model with warm_start.kind none")
+        if self.algorithm.estimator != "grpo":
+            raise ValueError("task coaug computes its own group advantages: algorithm.estimator must be grpo")

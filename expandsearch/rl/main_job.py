@@ -46,6 +46,8 @@ SFT_RECORD = "sft.json"
 """Written into an SFT warm start's directory: its settings, its demonstrations' digests and its metrics."""
 EVALUATIONS = ("warm start", "after RL", "after RL, 1 query/search")
 """The rows of the summary table: the policy before RL, after RL, and after RL with only its first variant run."""
+EVAL_DIR = Path("eval") / "held_out"
+"""Under the run directory: the final evaluations' per-question rows, as ``expandsearch eval`` writes them."""
 PAIRED = (("after RL", "warm start"), ("after RL, 1 query/search", "after RL"))
 """(evaluation, baseline) pairs compared question by question in the summary (``paired``)."""
 
@@ -114,17 +116,21 @@ def train_on_artifacts(
     from expandsearch.rl.sources import make_searcher
     from expandsearch.rl.tasks import build_task
 
+    if config.task == "coaug":
+        from expandsearch.rl.coaug import train_coaug
+
+        return train_coaug(config, run_dir, timings, resume=resume, log=log)
     task = build_task(config)
     searcher = make_searcher(config.retriever)
     with stage(timings, "rl", log):
         trainer = build_trainer(config, config.policy.model, task, searcher)
         try:
-            train(trainer, run_dir, resume=resume, log=log)
+            train(trainer, run_dir, resume=resume, log=log, evaluate=_eval_during_training)
             _save_policy(trainer, run_dir / "policy")
         finally:
             trainer.close()
     with stage(timings, "evaluation", log):
-        evaluations = evaluate_all(config, config.policy.model, run_dir / "policy", task.held_out, searcher)
+        evaluations = evaluate_all(config, config.policy.model, run_dir, task.held_out, searcher)
     return {"evaluations": evaluations, "paired": paired(evaluations), "timings_s": timings, "run_dir": str(run_dir)}
 
 
@@ -212,8 +218,17 @@ def build_trainer(config: TrainConfig, policy: str, task: Task, searcher: Search
     return Trainer(config, model, tokenizer, env, task)
 
 
-def train(trainer: Trainer, run_dir: Path, *, resume: bool, log: Callable[[str], None]) -> None:
-    """RL steps up to ``config.steps``: metrics to jsonl/TensorBoard/W&B, checkpoints every N steps and at the end."""
+def train(
+    trainer: Trainer,
+    run_dir: Path,
+    *,
+    resume: bool,
+    log: Callable[[str], None],
+    evaluate: Callable[[Trainer], dict[str, float]] | None = None,
+) -> None:
+    """RL steps up to ``config.steps``: metrics to jsonl/TensorBoard/W&B, checkpoints every N steps and at the end,
+    and every ``eval.every`` steps the ``evaluate`` of the trainer (default: greedy held-out episodes; a task
+    without episodes passes None)."""
     from tqdm import tqdm
 
     from expandsearch.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -238,13 +253,14 @@ def train(trainer: Trainer, run_dir: Path, *, resume: bool, log: Callable[[str],
         # without a checkpoint RL starts over at step 0, whose warm-start evaluation is logged again: drop every row
         resume_step=trainer.step if checkpoint is not None else -1,
     )
+    every = config.eval.every if evaluate is not None else 0
     with tracker, tqdm(total=config.steps, initial=trainer.step, disable=not logging.progress, desc="RL") as bar:
-        if config.eval.every and checkpoint is None:
-            tracker.log(0, _eval_during_training(trainer))  # the warm start: where the EM curve starts
+        if every and checkpoint is None and evaluate is not None:
+            tracker.log(0, evaluate(trainer))  # the warm start: where the EM curve starts
         while trainer.step < config.steps:
             metrics = trainer.train_step()
-            if config.eval.every and trainer.step % config.eval.every == 0:
-                metrics |= _eval_during_training(trainer)
+            if every and trainer.step % every == 0 and evaluate is not None:
+                metrics |= evaluate(trainer)
             tracker.log(trainer.step, metrics)
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}", kl=f"{metrics.get('actor/kl', 0):.4f}")
@@ -263,19 +279,20 @@ def evaluate_trainer_policy(trainer: Trainer, inputs: Sequence[EpisodeInput]) ->
 
 def greedy_evaluation(trainer: Trainer, inputs: Sequence[EpisodeInput]) -> dict[str, Any]:
     """:func:`~expandsearch.rl.evaluation.evaluate_policy` of the trainer's current policy through its own
-    environment: metrics, EM by question type and the reward of every question."""
+    environment: metrics, EM by question type and the EM of every question."""
     from expandsearch.rl.evaluation import evaluate_policy
+    from expandsearch.rl.sources import Questions
 
-    config = trainer.config
+    config, task = trainer.config, trainer.task
+    questions = Questions(list(inputs), {**task.train.types, **task.held_out.types})
     return evaluate_policy(
         trainer.policy,
         trainer.tokenizer,
         trainer.env.search,
-        inputs,
+        questions,
         config.rollout.episode,
         config.squeezer,
         trainer.loop,
-        types=trainer.task.held_out.types,
     )
 
 
@@ -286,20 +303,36 @@ def _save_policy(trainer: Trainer, out_dir: Path) -> None:
 
 
 def evaluate_all(
-    config: TrainConfig, warm_start: str, policy_dir: Path, held_out: Questions, searcher: Searcher
+    config: TrainConfig, warm_start: str, run_dir: Path, held_out: Questions, searcher: Searcher
 ) -> dict[str, Any]:
     """Greedy held-out evaluations of :data:`EVALUATIONS`: the policy RL started from, the policy after RL, and
-    the latter restricted to one query per search."""
+    the latter restricted to one query per search. Every question's row and trace goes to
+    ``run_dir/eval/held_out/<evaluation>.jsonl``, the files ``expandsearch eval`` writes."""
     from expandsearch.rl.evaluation import evaluate_model
 
     questions = held_out.limit(config.eval.questions)
     episode: EpisodeConfig = config.rollout.episode
     one_query = replace(episode, search_variants=1)
-    runs = [(warm_start, episode), (str(policy_dir), episode), (str(policy_dir), one_query)]
+    policy_dir = str(run_dir / "policy")
+    runs = [(warm_start, episode), (policy_dir, episode), (policy_dir, one_query)]
+    out_dir = run_dir / EVAL_DIR
     return {
-        name: evaluate_model(spec, config.policy, searcher, questions, settings, config.squeezer)
+        name: evaluate_model(
+            spec,
+            config.policy,
+            searcher,
+            questions,
+            settings,
+            config.squeezer,
+            out_dir / f"{file_name(name)}.jsonl",
+        )
         for name, (spec, settings) in zip(EVALUATIONS, runs, strict=True)
     }
+
+
+def file_name(name: str) -> str:
+    """``after RL, 1 query/search`` → ``after_rl_1_query_search``: the evaluation's file name."""
+    return "_".join("".join(char if char.isalnum() else " " for char in name.lower()).split())
 
 
 def paired(evaluations: dict[str, Any]) -> dict[str, dict[str, float]]:

@@ -190,6 +190,8 @@ def resolve_device(name: str) -> str:
 def preflight(config: TrainConfig) -> None:
     """Cheap checks of everything the run will read, in the order it reads them; RunSetupError (one line)."""
     data = config.data
+    if data.beir is not None:
+        _check_beir(data.beir)
     for path in (*data.train_files, *data.val_files):
         _parquet_table(Path(path)).slice(0, 0)  # opens the file and checks its columns; rows are read later
     if config.policy.model != "tiny":
@@ -203,6 +205,22 @@ def preflight(config: TrainConfig) -> None:
     for position, url in enumerate(retriever.urls):
         _check_answers(f"retriever.urls[{position}]", url.rstrip("/") + "/health", _token(retriever))
     _check_squeezer(config.squeezer)
+
+
+def _check_beir(folder: str) -> None:
+    from data_prep.beir import CORPUS_FILE, QUERIES_FILE, qrels_path
+
+    needed = [
+        Path(folder) / CORPUS_FILE,
+        Path(folder) / QUERIES_FILE,
+        qrels_path(folder, "train"),
+        qrels_path(folder, "test"),
+    ]
+    missing = [str(path) for path in needed if not path.is_file()]
+    if missing:
+        raise RunSetupError(
+            f"data.beir: {', '.join(missing)} not found (a BEIR folder: corpus, queries, train and test qrels)"
+        )
 
 
 def _check_model(spec: str) -> None:

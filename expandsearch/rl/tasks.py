@@ -68,7 +68,13 @@ class QAExactMatch:
         return cls(train, held_out)
 
 
-TASKS: dict[str, Callable[[TrainConfig], Task]] = {"qa_em": QAExactMatch.from_config}
+def _coaug(config: TrainConfig) -> Task:
+    from expandsearch.rl.coaug import CoAugTask  # the trainer and torch: only when the task is chosen
+
+    return CoAugTask.from_config(config)
+
+
+TASKS: dict[str, Callable[[TrainConfig], Task]] = {"qa_em": QAExactMatch.from_config, "coaug": _coaug}
 """``TrainConfig.task`` → builder (its names are ``expandsearch.rl.config.TASKS``)."""
 
 

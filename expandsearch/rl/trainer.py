@@ -90,11 +90,17 @@ class Trainer:
     """GRPO/PPO on a causal LM policy, playing ``task``'s episodes in ``env`` (whose engine decodes with
     ``policy``)."""
 
-    def __init__(self, config: TrainConfig, policy: Any, tokenizer: Any, env: AgentEnv, task: Task) -> None:
+    def __init__(
+        self, config: TrainConfig, policy: Any, tokenizer: Any, env: AgentEnv | None, task: Task, engine: Any = None
+    ) -> None:
         self.config = config
         self.policy = policy
         self.tokenizer = tokenizer
-        self.env = env
+        self._env = env
+        self.engine: Any = env.engine if env is not None else engine
+        """The engine sampling with ``policy``: the environment's, or (a task that plays no episodes) ``engine``."""
+        if self.engine is None:
+            raise ValueError("a trainer needs an environment or an engine")
         self.task = task
         self.questions: list[EpisodeInput] = list(task.train.inputs)
         self.eval_inputs: list[EpisodeInput] = task.held_out.inputs[: config.eval.during_training_questions]
@@ -130,8 +136,7 @@ class Trainer:
 
     @property
     def updates_per_step(self) -> int:
-        episodes = self.config.rollout.questions_per_step * self.config.rollout.group_size
-        return self.algorithm.ppo_epochs * episodes // self.algorithm.mini_batch_size
+        return self.algorithm.ppo_epochs * self.config.episodes_per_step // self.algorithm.mini_batch_size
 
     @property
     def on_policy(self) -> bool:
@@ -165,15 +170,20 @@ class Trainer:
         if self.critic is not None:
             with timed(metrics, "update_critic"):
                 metrics |= self.update_critic(batch)
-        if self.step > self.algorithm.critic_warmup or self.critic is None:
+        # a step whose advantages are all zero carries no signal: the task may say so, and the update is skipped
+        skipped = bool(batch.extra.get("skipped"))
+        if (self.step > self.algorithm.critic_warmup or self.critic is None) and not skipped:
             with timed(metrics, "update_actor"):
                 metrics |= self.update_actor(batch)
-            _clear_engine_cache(self.env.engine)
-        metrics |= summarize_rollouts(trajectories) | _batch_metrics(batch, self.temperature)
-        metrics |= _search_metrics(self.env.search)
+            _clear_engine_cache(self.engine)
+        metrics |= self.rollout_metrics(trajectories) | _batch_metrics(batch, self.temperature)
         metrics["timing/step"] = time.perf_counter() - started
         metrics["perf/tokens_per_s"] = float(batch.attention_mask.sum()) / metrics["timing/step"]
         return metrics
+
+    def rollout_metrics(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
+        """``rollout/…`` metrics of the step's episodes (and the retriever's failovers so far)."""
+        return summarize_rollouts(trajectories) | _search_metrics(self.env.search)
 
     def rollout(self) -> list[Trajectory]:
         """This step's episodes, input-major (a question's ``group_size`` samples are consecutive)."""
@@ -346,7 +356,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "data": self.data.state_dict(),
             "rng": capture_rng_state(),
-            "engine": _engine_state(self.env.engine),
+            "engine": _engine_state(self.engine),
         }
         if self.critic is not None:
             state["critic"] = self.critic.state_dict()
@@ -364,17 +374,25 @@ class Trainer:
         self.data.load_state_dict(state["data"])
         restore_rng_state(state["rng"])
         if state.get("engine") is not None:
-            self.env.engine.load_state_dict(state["engine"])  # type: ignore[attr-defined]
-        _clear_engine_cache(self.env.engine)
+            self.engine.load_state_dict(state["engine"])
+        _clear_engine_cache(self.engine)
         if self.critic is not None:
             self.critic.load_state_dict(state["critic"])
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
             self.critic_scheduler.load_state_dict(state["critic_scheduler"])
 
+    @property
+    def env(self) -> AgentEnv:
+        """The environment the episodes are played in."""
+        if self._env is None:
+            raise RuntimeError(f"task {self.task.name} plays no episodes: the trainer has no environment")
+        return self._env
+
     def close(self) -> None:
         from agent_env.assembly import close_env
 
-        self.loop.run_until_complete(close_env(self.env))
+        closing = close_env(self._env) if self._env is not None else self.engine.aclose()
+        self.loop.run_until_complete(closing)
         self.loop.close()
 
 

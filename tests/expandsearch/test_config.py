@@ -313,4 +313,6 @@ def test_every_shipped_train_config_loads_and_validates(path: Path) -> None:
     from expandsearch.rl.config import TrainConfig as RLTrainConfig
 
     config = load_config(RLTrainConfig, path)
-    assert config.data.world is not None or (config.data.train_files and config.data.val_files)
+    sources = [config.data.world is not None, bool(config.data.train_files and config.data.val_files)]
+    sources.append(config.data.beir is not None and Path(config.data.beir).is_dir())  # task coaug's BEIR folder
+    assert sum(sources) == 1
