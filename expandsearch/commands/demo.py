@@ -29,7 +29,7 @@ QUESTION_TYPES = ("single_hop", "bridge", "three_hop", "comparison")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     parser.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
-    parser.add_argument("--size", default="small", help="world size: tiny, small or medium (default small)")
+    parser.add_argument("--size", default="small", help="world size: tiny, demo, small or medium (default small)")
     parser.add_argument("--topk", type=int, default=3, help="passages retrieved per query variant (default 3)")
     parser.add_argument("--max-turns", type=int, default=4, help="turns per episode, answer included (default 4)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N test questions")

@@ -11,7 +11,7 @@ HELP = "generate a synthetic multi-hop world: wiki-18 corpus, FlashRAG jsonl and
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--size", default="small", help="world size: tiny, small or medium (default small)")
+    parser.add_argument("--size", default="small", help="world size: tiny, demo, small or medium (default small)")
 
 
 def run(args: argparse.Namespace) -> int:
