@@ -13,7 +13,7 @@ export WANDB_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test test-all lint format clean
+.PHONY: venv browser demo test test-all screenshots lint format clean
 
 venv: $(INSTALLED)
 
@@ -30,8 +30,25 @@ $(INSTALLED): setup.py constraints.txt
 demo: venv
 	$(VENV)/bin/expandsearch train run_dir=$(DEMO_DIR)
 
-test: venv
+test: venv browser
 	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=10
+
+# Debian's chromium and chromedriver for the UI's browser tests (tests/expandsearch/ui/test_browser.py): a system
+# package, since no test tool may download a browser here. Where apt-get cannot install them (not root, not
+# Debian), the browser tests skip and say why.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium and chromium-driver for the browser tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+	    echo "could not install chromium: the browser tests will skip"; \
+	else echo "no chromium/chromedriver and no root apt-get: the browser tests will skip"; fi
+
+# The README's UI screenshots (docs/images/ui_*.png), taken by the browser tests themselves.
+screenshots: venv browser
+	EXPANDSEARCH_SCREENSHOTS=docs/images $(PY) -m pytest -q -p no:xdist tests/expandsearch/ui/test_browser.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

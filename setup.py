@@ -10,6 +10,7 @@ PACKAGE_DATA = {
     "train_configs": ["*.yaml", "**/*.yaml"],  # the default config of `expandsearch train` and the others
     "eval": ["regressions/*.yaml"],  # the shipped regression files of `expandsearch regress`
     "data_prep": ["sample_data/**/*"],  # the real data samples (data_prep.samples) and their README
+    "expandsearch.ui": ["static/*"],  # the page `expandsearch serve-ui` serves
 }
 
 # torch is installed first and alone (see Makefile): it is listed here without an upper pin so that
@@ -45,8 +46,10 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    # trl: the step-time baseline of benchmarks/trl_step_time.py; pytest-xdist: `make test` runs on two workers
+    # trl: the step-time baseline of benchmarks/trl_step_time.py; pytest-xdist: `make test` runs on two workers;
+    # selenium: the UI's browser tests drive Debian's chromium through its chromedriver (no browser download)
     "dev": [
+        "selenium",
         "pytest",
         "pytest-asyncio",
         "pytest-xdist",

@@ -150,6 +150,21 @@ class TurnRecord:
     observation: str = ""
     squeezer_fell_back: bool = False
     squeezer_error: str | None = None
+    search_error: str | None = None
+    """Why this turn's search failed (the retriever was down or refused); the observation then says so."""
+    policy_tokens: int = 0
+    """Tokens the policy generated in this turn."""
+    observation_tokens: int = 0
+    """Environment tokens appended after this turn (observation or feedback, with their frame)."""
+    generation_s: float = 0.0
+    retrieval_s: float = 0.0
+    squeezer_s: float = 0.0
+
+
+EpisodeObserver = Callable[[str, int, TurnRecord], None]
+"""Called as an episode unfolds, with a phase, the turn's number (from 0) and its record so far: ``generated``
+(the policy's text and action are in), ``retrieved`` (each variant's hits), ``observed`` (the observation or
+feedback the policy reads next). Live views use it; it must not block (it runs on the episode's event loop)."""
 
 
 @dataclass
@@ -227,9 +242,17 @@ def encode_chat_prompt(
 class _Episode:
     """The state of one running episode; :func:`run_episode` drives it."""
 
-    def __init__(self, env: AgentEnv, question: str, golden_answers: Sequence[str], seed: int | None = None) -> None:
+    def __init__(
+        self,
+        env: AgentEnv,
+        question: str,
+        golden_answers: Sequence[str],
+        seed: int | None = None,
+        observer: EpisodeObserver | None = None,
+    ) -> None:
         self.env = env
         self.seed = seed
+        self.observer = observer
         self.config = env.config
         self.question = question
         self.golden_answers = list(golden_answers)
@@ -262,7 +285,8 @@ class _Episode:
         turn_seed = None if self.seed is None else derive_seed(self.seed, len(self.turns))
         sampling = self.config.sampling(budget, turn_seed, self.format.stop)
         generation = await self.env.engine.generate(self.prompt_ids + self.response.ids, sampling)
-        self.counters.generation_s += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.counters.generation_s += elapsed
         self.response.add_policy(generation)
         tokenizer = self.env.tokenizer
         text = tokenizer.decode(generation.token_ids, skip_special_tokens=True)
@@ -274,13 +298,20 @@ class _Episode:
         record = TurnRecord(
             text, action.kind, generation.stop_reason, list(action.queries), action.answer, action.error
         )
+        record.policy_tokens, record.generation_s = len(generation.token_ids), elapsed
         self.turns.append(record)
+        self.notify("generated")
         return action, record
+
+    def notify(self, phase: str) -> None:
+        if self.observer is not None:
+            self.observer(phase, len(self.turns) - 1, self.turns[-1])
 
     async def search_and_squeeze(self, action: Action, record: TurnRecord) -> str:
         """The observation body for a search: the squeezed (or raw) de-duplicated passages, or an error text."""
         queries = action.queries[: self.config.search_variants]
         hits = await self._retrieve(queries, record)
+        self.notify("retrieved")
         if hits is None:
             return record.observation
         passages = merge_variant_hits(hits)
@@ -298,15 +329,18 @@ class _Episode:
             hits = await self.env.search.search(list(queries), self.config.topk)
         except Exception as error:  # a retriever outage must not end the episode: the policy is told and goes on
             self.counters.retrieval_errors += 1
-            record.observation = SEARCH_FAILED_TEXT.format(reason=f"{type(error).__name__}: {error}"[:200])
+            record.search_error = f"{type(error).__name__}: {error}"[:200]
+            record.observation = SEARCH_FAILED_TEXT.format(reason=record.search_error)
             return None
         finally:
-            self.counters.retrieval_s += time.perf_counter() - started
+            record.retrieval_s = time.perf_counter() - started
+            self.counters.retrieval_s += record.retrieval_s
         record.hits_per_query = [[_hit_dict(hit) for hit in variant_hits] for variant_hits in hits]
         return hits
 
     def _count_squeeze(self, result: SqueezeResult, record: TurnRecord) -> None:
         self.counters.squeezer_s += result.latency_s
+        record.squeezer_s = result.latency_s
         self.counters.squeezer_fallbacks += int(result.fell_back)
         record.squeezer_fell_back, record.squeezer_error = result.fell_back, result.error
 
@@ -326,6 +360,8 @@ class _Episode:
         self.counters.observation_tokens += len(ids)
         self.response.add_environment(ids)
         self.turns[-1].observation = self.turns[-1].observation or body
+        self.turns[-1].observation_tokens = len(ids)
+        self.notify("observed")
         return True
 
     def _frame_ids(self, body: str, wrap: bool, notice: str) -> list[int]:
@@ -385,13 +421,15 @@ async def run_episode(
     *,
     example_id: str | None = None,
     seed: int | None = None,
+    observer: EpisodeObserver | None = None,
 ) -> Trajectory:
     """Play one episode to its end and return its trajectory (never raises for anything the policy writes).
 
     With a ``seed`` every turn is sampled from its own seeded generator, so the episode is reproducible whatever
-    else the engine batches it with; without one the engine's shared generator is used.
+    else the engine batches it with; without one the engine's shared generator is used. ``observer`` sees each
+    turn as it is generated, searched and answered (:data:`EpisodeObserver`).
     """
-    episode = _Episode(env, question, golden_answers, seed)
+    episode = _Episode(env, question, golden_answers, seed, observer)
     config = env.config
     for turn in range(config.max_turns):
         if episode.room() < episode.reserve:  # the same bar as append_observation's: its observation gets a reply

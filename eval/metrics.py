@@ -42,14 +42,15 @@ def retrieved_passages(turns: Iterable[TurnRecord]) -> list[dict[str, Any]]:
     for turn in turns:
         for hits in turn.hits_per_query:
             for hit in hits:
-                key = _passage_key(hit)
+                key = passage_key(hit)
                 if key not in seen:
                     seen.add(key)
                     union.append(hit)
     return union
 
 
-def _passage_key(hit: Mapping[str, Any]) -> tuple[str, ...]:
+def passage_key(hit: Mapping[str, Any]) -> tuple[str, ...]:
+    """What makes two hits the same passage: its id, or its title and text when it has none."""
     passage_id = hit.get("id")
     if passage_id is not None and str(passage_id) != "":
         return ("id", str(passage_id))

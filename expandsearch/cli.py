@@ -19,6 +19,7 @@ COMMANDS = {
     "serve-retriever": "serve_retriever",
     "serve-llm": "serve_llm",
     "chat": "chat",
+    "serve-ui": "serve_ui",
     "warm-start": "warm_start",
     "train": "train",
     "prepare": "prepare",

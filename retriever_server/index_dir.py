@@ -134,6 +134,12 @@ def _parts(kind: str) -> tuple[str, ...]:
     return {"bm25": ("bm25",), "dense": ("dense",), "hybrid": ("bm25", "dense")}[kind]
 
 
+def open_store(index_dir: str | Path) -> PassageStore:
+    """The passage store of an index directory alone (passage texts by row or id), without loading the index."""
+    index_dir = Path(index_dir)
+    return _open_store(index_dir, read_manifest(index_dir))
+
+
 def _open_store(index_dir: Path, manifest: dict[str, Any]) -> PassageStore:
     try:
         store = PassageStore.open(index_dir / manifest["store"])

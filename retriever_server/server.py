@@ -411,18 +411,25 @@ def create_app(
     )
     app.state.batcher = batcher
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    install_error_handlers(app)
+    _add_routes(app, retriever, limits, batcher, bearer_auth(token))
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error as ``{"error": "one line", ...}`` with its status: 400 bad JSON, 415 not JSON, 422 invalid
+    fields (no echo of the input), HTTPExceptions as raised, 500 without a traceback."""
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    _add_routes(app, retriever, limits, batcher, _auth_dependency(token))
-    return app
 
 
 _BEARER = HTTPBearer(auto_error=False, description="required when the server was started with a token")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
 
 
-def _auth_dependency(token: str | None) -> Callable[..., None]:
+def bearer_auth(token: str | None) -> Callable[..., None]:
+    """A FastAPI dependency requiring ``Authorization: Bearer <token>`` (a 401 otherwise); None: no check."""
     expected = token.encode() if token is not None else None
 
     def check(credentials: Credentials) -> None:

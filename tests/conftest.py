@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +11,14 @@ import pytest
 from agent_env.protocol import build_prompt
 from agent_env.tiny_model import save_tiny_policy
 from data_prep.samples import samples_dir
-from data_prep.synthetic import WORLD_SIZES, World, generate_world
+from data_prep.synthetic import WORLD_SIZES, World, generate_world, write_world
 from retriever_server.corpus import Passage, load_passages
 
-WARM_START_MODULES = tuple(
-    f"tests/expandsearch/rl/{name}.py" for name in ("test_trainer", "test_train_cli", "test_learning")
+WARM_START_MODULES = (
+    *(f"tests/expandsearch/rl/{name}.py" for name in ("test_trainer", "test_train_cli", "test_learning")),
+    "tests/expandsearch/ui/test_browser.py",
 )
-"""The modules that use the ``warm_policy_dir`` fixture (tests/expandsearch/rl/conftest.py: minutes to build)."""
+"""The modules that use the ``warm_policy_dir`` fixture (below: minutes to build)."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -73,3 +75,27 @@ def tiny_policy_dir(tiny_world: World, tmp_path_factory: pytest.TempPathFactory)
     texts += [example.question for examples in tiny_world.questions.values() for example in examples]
     texts += [build_prompt("placeholder question"), "<search> first query ## second query </search>"]
     return save_tiny_policy(tmp_path_factory.mktemp("tiny_policy"), texts, vocab_size=2048)
+
+
+@pytest.fixture(scope="session")
+def world_dir(tiny_world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny world written as the trainer reads it."""
+    out = tmp_path_factory.mktemp("rl_world")
+    write_world(tiny_world, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def warm_policy_dir(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``expandsearch train``'s warm start on the tiny world (train_configs/tiny_cpu.yaml's settings): a 2-layer
+    Qwen2 pretrained on the world's search results and behaviour-cloned on the scripted expert, which searches with
+    several variants. About 8 minutes on one core; the modules that use it are ``WARM_START_MODULES``."""
+    from expandsearch.rl.config import TrainConfig
+    from expandsearch.rl.world import warm_start_config
+    from expandsearch.world_expert import build_world_policy
+
+    if reuse := os.environ.get("EXPANDSEARCH_TEST_WARM_POLICY"):
+        return Path(reuse)  # development only: a warm start this fixture built before (CI never sets it)
+    out = tmp_path_factory.mktemp("rl_warm_start")
+    build_world_policy(world_dir, out, warm_start_config(TrainConfig()), log=lambda line: None)
+    return out

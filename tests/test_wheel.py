@@ -38,6 +38,8 @@ def test_the_wheel_holds_the_package_data(wheel: Path) -> None:
         "eval/regressions/retrieval.yaml",
         "data_prep/sample_data/README.md",
         "data_prep/sample_data/hotpotqa/hotpotqa_distractor_dev300.jsonl",
+        "expandsearch/ui/static/index.html",
+        "expandsearch/ui/static/app.js",
     ):
         assert expected in names, f"{expected} missing from {wheel.name}"
 

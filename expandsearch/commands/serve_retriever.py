@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from retriever_server.index_dir import IndexDirError, load_index
     from retriever_server.server import serve
 
-    token = _token(args.token_env)
+    token = token_from_env(args.token_env)
     try:
         retriever = load_index(args.index, device=args.device)
     except IndexDirError as error:
@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _token(variable: str | None) -> str | None:
+def token_from_env(variable: str | None) -> str | None:
+    """The bearer token held by environment variable ``variable`` (None: no token); unset or empty is an error."""
     if variable is None:
         return None
     token = os.environ.get(variable, "")

@@ -1,4 +1,5 @@
-"""The main job's warm-started policy on the tiny world, shared by the trainer tests (built once per session).
+"""The trainer tests' configs over the main job's warm-started policy on the tiny world (``warm_policy_dir``, in
+tests/conftest.py: built once per session).
 
 Real pieces only: the tiny synthetic world, its BM25 index, a tokenizer trained on its text, the default 2-layer
 Qwen2 pretrained on the world's search results and behaviour-cloned on the scripted expert's episodes: exactly
@@ -15,11 +16,8 @@ from typing import Any
 
 import pytest
 
-from data_prep.synthetic import World, write_world
 from expandsearch.config import config_from_dict
 from expandsearch.rl.config import TrainConfig
-from expandsearch.rl.world import warm_start_config
-from expandsearch.world_expert import build_world_policy
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,20 +29,6 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def world_dir(tiny_world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("rl_world")
-    write_world(tiny_world, out)
-    return out
-
-
-@pytest.fixture(scope="session")
-def warm_policy_dir(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("rl_warm_start")
-    build_world_policy(world_dir, out, warm_start_config(TrainConfig()), log=lambda line: None)
-    return out
 
 
 @pytest.fixture(scope="session")
