@@ -113,13 +113,13 @@ def _add_live_routes(app: FastAPI, auth: list[Any], served: Mapping[str, Any], h
             raise HTTPException(404, "this server has no policy (started with --traces only)")
         try:
             agent.check(body)
-            agent.reserve()
+            episode = agent.start(body)
         except ValueError as error:
             raise HTTPException(422, str(error)) from error
         except TooManyEpisodes as error:
             raise HTTPException(429, str(error)) from error
         return StreamingResponse(
-            _server_sent(agent.events(body)),
+            _server_sent(episode.events()),
             media_type="text/event-stream",
             headers={"cache-control": "no-store", "x-accel-buffering": "no"},
         )

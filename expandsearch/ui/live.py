@@ -71,7 +71,7 @@ class LiveAgent:
         self.limits = limits or LiveLimits()
         self.limits.check()
         self._raw: Squeezer = NoSqueezer()
-        self.running = 0
+        self._episodes: set[asyncio.Task[Any]] = set()
 
     def settings(self) -> dict[str, Any]:
         """The episode defaults a request starts from (shown on the page)."""
@@ -103,62 +103,64 @@ class LiveAgent:
         }
         return replace(self.env.config, **given, search_variants=1 if request.one_query else None)
 
-    def reserve(self) -> None:
-        """Take an episode slot (TooManyEpisodes when none is free); :meth:`events` gives it back."""
+    @property
+    def running(self) -> int:
+        """Episodes in flight."""
+        return len(self._episodes)
+
+    def start(self, request: EpisodeRequest) -> LiveEpisode:
+        """Start the request's episode now (TooManyEpisodes when every slot is taken); its slot is free again
+        when the episode task ends, however it ends, so a client that never reads its stream leaks nothing."""
         if self.running >= self.limits.max_concurrent_episodes:
             raise TooManyEpisodes(
                 f"{self.running} episodes are running, the most this server plays at once; try again when one has ended"
             )
-        self.running += 1
-
-    async def events(self, request: EpisodeRequest) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """The episode's events as ``(name, data)``, from ``start`` to ``end`` or ``error``; call after
-        :meth:`reserve`. A client that goes away cancels the episode."""
-        try:
-            async for event in self._play(request):
-                yield event
-        finally:
-            self.running -= 1
-
-    async def _play(self, request: EpisodeRequest) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         config = self.episode_config(request)
-        env = AgentEnv(
-            self.env.engine,
-            self.env.tokenizer,
-            self.env.search,
-            self.env.squeezer if request.squeezer else self._raw,
-            config,
-        )
+        squeezer = self.env.squeezer if request.squeezer else self._raw
+        env = AgentEnv(self.env.engine, self.env.tokenizer, self.env.search, squeezer, config)
         question = request.question.strip()
-        squeezer = self.squeezer_spec if request.squeezer else "none"
-        yield (
-            "start",
-            {
-                "question": question,
-                "settings": {**self.settings(), **_request_settings(config, request)},
-                "squeezer": squeezer,
-            },
-        )
         queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
 
         def observe(phase: str, number: int, record: TurnRecord) -> None:
             queue.put_nowait(("turn", {"phase": phase, "turn": turn_view(asdict(record), number)}))
 
-        episode = asyncio.create_task(run_episode(env, question, seed=request.seed, observer=observe))
+        task = asyncio.create_task(run_episode(env, question, seed=request.seed, observer=observe))
+        self._episodes.add(task)
+        task.add_done_callback(self._episodes.discard)
+        started = {
+            "question": question,
+            "settings": {**self.settings(), **_request_settings(config, request)},
+            "squeezer": self.squeezer_spec if request.squeezer else "none",
+        }
+        return LiveEpisode(started, task, queue)
+
+
+@dataclass
+class LiveEpisode:
+    """One running episode and the events its observer queued."""
+
+    started: dict[str, Any]
+    task: asyncio.Task[Any]
+    queue: asyncio.Queue[tuple[str, dict[str, Any]]]
+
+    async def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """``start``, the turns as they come, then ``end`` or ``error``; leaving early cancels the episode (a
+        browser that went away)."""
         try:
-            while not episode.done() or not queue.empty():
-                next_event = asyncio.ensure_future(queue.get())
-                await asyncio.wait({next_event, episode}, return_when=asyncio.FIRST_COMPLETED)
+            yield "start", self.started
+            while not self.task.done() or not self.queue.empty():
+                next_event = asyncio.ensure_future(self.queue.get())
+                await asyncio.wait({next_event, self.task}, return_when=asyncio.FIRST_COMPLETED)
                 if next_event.done():
                     yield next_event.result()
                 else:
-                    next_event.cancel()
-            yield _final_event(episode)
+                    next_event.cancel()  # the episode ended first; anything it queued is read next round
+            yield _final_event(self.task)
         finally:
-            if not episode.done():
-                episode.cancel()
+            if not self.task.done():
+                self.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await episode
+                    await self.task
 
 
 def _request_settings(config: EpisodeConfig, request: EpisodeRequest) -> dict[str, Any]:

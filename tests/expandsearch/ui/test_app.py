@@ -183,23 +183,31 @@ def test_the_hostile_passage_travels_as_data(tokenizer: Any, ui_index_dir: Path)
     assert hits[0]["text"] == EVIL_TEXT
 
 
-def test_too_many_episodes_at_once_get_429(tokenizer: Any, ui_index_dir: Path) -> None:
-    release = threading.Event()
+class ThreadedPolicy(ScriptedPolicy):
+    """A scripted policy whose turns are written in a worker thread, so a turn may block without blocking the
+    server's event loop (as a model engine's decoding does)."""
+
+    async def generate(self, prompt_ids: Any, sampling: Any) -> Any:
+        return await asyncio.to_thread(asyncio.run, ScriptedPolicy.generate(self, prompt_ids, sampling))
+
+
+def blocking_server(tokenizer: Any, ui_index_dir: Path, release: threading.Event) -> Any:
+    """A one-slot UI server whose policy waits for ``release`` before every turn."""
 
     def slow(context: str) -> str:
-        release.wait(30)  # the scripted turn blocks its worker thread until the test lets it go
+        release.wait(30)
         return "<answer> done </answer>"
 
-    class ThreadedPolicy(ScriptedPolicy):
-        async def generate(self, prompt_ids: Any, sampling: Any) -> Any:
-            return await asyncio.to_thread(asyncio.run, ScriptedPolicy.generate(self, prompt_ids, sampling))
-
     async def build() -> AgentEnv:
-        env = scripted_env(tokenizer, slow, LocalSearch(load_index(ui_index_dir)), make_squeezer("none"))
-        env.engine = ThreadedPolicy(tokenizer, slow)
-        return env
+        search = LocalSearch(load_index(ui_index_dir))
+        return AgentEnv(ThreadedPolicy(tokenizer, slow), tokenizer, search, make_squeezer("none"), EpisodeConfig())
 
-    with ui_server(build, limits=LiveLimits(max_concurrent_episodes=1)) as url:
+    return ui_server(build, limits=LiveLimits(max_concurrent_episodes=1))
+
+
+def test_too_many_episodes_at_once_get_429(tokenizer: Any, ui_index_dir: Path) -> None:
+    release = threading.Event()
+    with blocking_server(tokenizer, ui_index_dir, release) as url:
         streaming = threading.Event()
 
         def first_browser() -> None:
@@ -216,6 +224,24 @@ def test_too_many_episodes_at_once_get_429(tokenizer: Any, ui_index_dir: Path) -
         assert refused.status_code == 429
         assert "episodes are running" in refused.json()["error"]
         assert ask(url, question="three").status_code == 200, "the slot is free again once the episode ended"
+
+
+def test_a_browser_that_goes_away_cancels_its_episode(tokenizer: Any, ui_index_dir: Path) -> None:
+    release = threading.Event()
+    with blocking_server(tokenizer, ui_index_dir, release) as url:
+        with httpx.stream("POST", f"{url}/api/episodes", json={"question": "one"}, timeout=60) as response:
+            assert response.status_code == 200  # then the connection closes with the episode still waiting
+        deadline = time.monotonic() + 20
+        while (status := opened_status(url, "two")) == 429 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        release.set()
+        assert status == 200, "the slot of an episode nobody reads any more is freed without waiting for it"
+
+
+def opened_status(url: str, question: str) -> int:
+    """The status of an episode request, the stream closed unread (which cancels the episode)."""
+    with httpx.stream("POST", f"{url}/api/episodes", json={"question": question}, timeout=60) as response:
+        return response.status_code
 
 
 def test_a_retriever_that_goes_down_shows_in_the_episode_and_the_server_goes_on(
