@@ -356,6 +356,65 @@ class CoAugSection:
         return {"both": 1 + documents, "query": 1, "document": documents}[self.train]
 
 
+@dataclass(frozen=True)
+class VerlSection:
+    """``expandsearch train --backend verl``: what verl needs beyond the sections above (the launcher,
+    :mod:`expandsearch.verl_backend.launch`, translates everything else); the embedded trainer ignores it."""
+
+    nnodes: int = 1
+    """Machines of the Ray cluster (``trainer.nnodes``)."""
+    n_gpus_per_node: int = 1
+    """GPUs per machine (``trainer.n_gpus_per_node``)."""
+    rollout_name: Literal["vllm", "sglang"] = "vllm"
+    """Inference engine of the rollouts (``actor_rollout_ref.rollout.name``)."""
+    tensor_model_parallel_size: int = 1
+    """GPUs each rollout engine shards the policy over (a 3B policy fits one)."""
+    gpu_memory_utilization: float = 0.5
+    """Share of a GPU's memory the rollout engine takes (the rest holds the FSDP actor, reference and critic)."""
+    max_prompt_length: int = 1024
+    """Tokens of the first prompt (``data.max_prompt_length`` and ``rollout.prompt_length``); longer prompts fail
+    verl's dataset, so it must hold the template and the longest question as the chat template renders them."""
+    save_freq: int | None = None
+    """Steps between verl checkpoints (None: ``checkpoint_every``; -1: never)."""
+    test_freq: int | None = None
+    """Steps between validations on ``data.val_files`` (None: ``eval.every``, where 0 means never; -1: never)."""
+    project_name: str | None = None
+    """``trainer.project_name`` (None: ``logging.wandb_project``)."""
+    experiment_name: str | None = None
+    """``trainer.experiment_name`` (None: the name of ``run_dir``)."""
+    use_v1: bool = False
+    """``trainer.use_v1``: verl's v1 trainer keeps its batches in TransferQueue (the ``transfer_queue`` package,
+    installed neither by verl nor by us), so the default is the v0 trainer, which drives our agent loop as well."""
+    ray_runtime_env: str | None = None
+    """A Ray runtime-env YAML for ``--ray-address`` (``ray job submit --runtime-env``): how the nodes get this package
+    (``pip``, ``working_dir``) and the secrets (retriever token, ``WANDB_API_KEY``), which never go on the command
+    line (None: only the non-secret variables of ``launch.FORWARDED_ENV`` that are set here)."""
+    agent_loop_config: str | None = None
+    """The agent-loop registry (``rollout.agent.agent_loop_config_path``; None: the shipped
+    ``train_configs/verl/agent_loops.yaml`` where this package is installed, which every node must have too)."""
+    agent_num_workers: int = 8
+    """Agent-loop worker processes (``rollout.agent.num_workers``) the episodes of a step are spread over."""
+    extra_overrides: tuple[str, ...] = ()
+    """Raw Hydra overrides of verl's ``ppo_trainer`` config, applied last (``trainer.val_before_train=false``)."""
+
+    def __post_init__(self) -> None:
+        for name in ("nnodes", "n_gpus_per_node", "tensor_model_parallel_size", "max_prompt_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.agent_num_workers < 1:
+            raise ValueError(f"agent_num_workers must be >= 1, got {self.agent_num_workers}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        for name in ("save_freq", "test_freq"):
+            value = getattr(self, name)
+            if value is not None and value < -1:
+                raise ValueError(f"{name} must be >= -1 (-1: never) or null, got {value}")
+        for override in self.extra_overrides:
+            # Hydra's own grammar checks them when the config is composed; this catches a bare word early
+            if "=" not in override and not override.startswith("~"):
+                raise ValueError(f"extra override {override!r} is not a Hydra override (key=value, +key=value, ~key)")
+
+
 TASKS = ("qa_em", "coaug")
 """Names of ``expandsearch.rl.tasks.TASKS`` (kept here so that validating a config imports no task code)."""
 
@@ -402,6 +461,8 @@ class TrainConfig:
     """Metrics, TensorBoard, W&B, plots."""
     coaug: CoAugSection = field(default_factory=CoAugSection)
     """Settings of ``task: coaug``."""
+    verl: VerlSection = field(default_factory=VerlSection)
+    """Settings of ``expandsearch train --backend verl`` (cluster shape, rollout engine, verl overrides)."""
 
     @property
     def episodes_per_step(self) -> int:

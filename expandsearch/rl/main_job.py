@@ -135,7 +135,8 @@ def train_on_artifacts(
 
 
 def _record_config(config: TrainConfig, run_dir: Path, resume: bool) -> None:
-    """Write ``config.yaml``; when resuming, refuse a config that differs from the run's in anything but steps."""
+    """Write ``config.yaml``; when resuming, refuse a config that differs from the run's in anything but steps
+    (and the ``verl`` section, which only ``--backend verl`` reads)."""
     import yaml
 
     from expandsearch.config import config_to_dict
@@ -144,7 +145,8 @@ def _record_config(config: TrainConfig, run_dir: Path, resume: bool) -> None:
     current = config_to_dict(config)
     if resume and path.is_file():
         recorded = yaml.safe_load(path.read_text()) or {}
-        differing = sorted(_diff(recorded, current) - {"steps"})
+        # steps may grow; the verl section does not touch an embedded run (and runs recorded before it lack it)
+        differing = sorted(key for key in _diff(recorded, current) - {"steps"} if key.split(".")[0] != "verl")
         if differing:
             raise RunConfigMismatch(f"--resume with a config that differs from {path} in: {', '.join(differing)}")
     run_dir.mkdir(parents=True, exist_ok=True)
