@@ -3,18 +3,33 @@ read by verl's ``RLHFDataset`` into rows exactly as verl's workers see them, and
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from agent_env.engine import LLMEngine
 from agent_env.scripted import ScriptedPolicy
 from data_prep.formats import QAExample, write_verl_parquet
+from data_prep.synthetic import World
 from expandsearch.verl_backend.settings import CUSTOM_KEY, AgentLoopSettings
+from retriever_server.bm25 import BM25Index
+from retriever_server.corpus import Passage
+from retriever_server.server import ServerThread, create_app
 from train_configs import config_path
 
 SECRET = "ZQXSECRETQZX"
 """Stamped into every passage of the test index: it may reach a response only as environment tokens."""
+
+
+@contextlib.contextmanager
+def stamped_retriever(world: World) -> Iterator[str]:
+    """A real retriever server (free port) over the world's passages, each stamped with :data:`SECRET`."""
+    passages = [Passage(p.id, p.title, f"{p.text} Internal note {SECRET} ends here.") for p in world.passages]
+    index = BM25Index.build(passages)
+    index.search("compile the kernels now, not under the first request's timeout", 1)
+    with ServerThread(create_app(index)) as server:
+        yield server.url
 
 
 def verl_config_dir() -> str:

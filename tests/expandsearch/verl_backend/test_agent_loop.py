@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import verl_support
 from support import hand_built_trajectory
 from verl_support import (
     SECRET,
@@ -33,9 +34,6 @@ from expandsearch.verl_backend.engine import ServerManagerEngine, classify_stop,
 from expandsearch.verl_backend.engine_server import EngineServer, sampling_from_verl
 from expandsearch.verl_backend.output import REWARD_EXTRA_KEYS, Limits, shape_response, to_agent_loop_output
 from expandsearch.verl_backend.settings import AgentLoopSettings, read_settings
-from retriever_server.bm25 import BM25Index
-from retriever_server.corpus import Passage
-from retriever_server.server import ServerThread, create_app
 from train_configs import config_path
 
 pytest.importorskip("verl")
@@ -45,12 +43,8 @@ SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty":
 
 @pytest.fixture(scope="module")
 def stamped_retriever(tiny_world: World) -> Iterator[str]:
-    """A retriever server over the world's passages, each stamped with the secret."""
-    passages = [Passage(p.id, p.title, f"{p.text} Internal note {SECRET} ends here.") for p in tiny_world.passages]
-    index = BM25Index.build(passages)
-    index.search("compile the kernels now, not under the first request's timeout", 1)
-    with ServerThread(create_app(index)) as server:
-        yield server.url
+    with verl_support.stamped_retriever(tiny_world) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -26,9 +26,6 @@ from expandsearch.rl.config import RetrieverSection
 from expandsearch.verl_backend.engine_server import EngineServer
 from expandsearch.verl_backend.output import REWARD_EXTRA_KEYS
 from expandsearch.verl_backend.settings import AgentLoopSettings
-from retriever_server.bm25 import BM25Index
-from retriever_server.corpus import Passage
-from retriever_server.server import ServerThread, create_app
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("verl")
@@ -40,11 +37,8 @@ QUESTIONS = 4
 
 @pytest.fixture(scope="module")
 def retriever(tiny_world: World) -> Iterator[str]:
-    passages = [Passage(p.id, p.title, f"{p.text} Internal note {SECRET} ends here.") for p in tiny_world.passages]
-    index = BM25Index.build(passages)
-    index.search("compile the kernels now, not under the first request's timeout", 1)
-    with ServerThread(create_app(index)) as server:
-        yield server.url
+    with verl_support.stamped_retriever(tiny_world) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
