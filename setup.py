@@ -36,6 +36,11 @@ INSTALL_REQUIRES = [
     "rich",
     "fastapi",
     "uvicorn",
+    # uvicorn's fast event loop and HTTP parser (picked up when installed) and orjson for the retriever's
+    # responses: verl sends one small request per trajectory, where the per-request path costs more than BM25
+    "uvloop",
+    "httptools",
+    "orjson",
     "httpx",
     "matplotlib",
     "tensorboard",  # training curves of `expandsearch train` (wandb is optional: used when installed and enabled)

@@ -104,13 +104,16 @@ class BM25Index(BatchRetriever):
         (directory / self.SETTINGS_FILE).write_text(json.dumps({"language": self.language}))
 
     @classmethod
-    def load(cls, directory: str | Path, passages: Sequence[Passage] | None = None) -> BM25Index:
-        """Load a saved index, with its own corpus copy or with ``passages`` (the same passages, same order)."""
+    def load(cls, directory: str | Path, passages: Sequence[Passage] | None = None, *, mmap: bool = False) -> BM25Index:
+        """Load a saved index, with its own corpus copy or with ``passages`` (the same passages, same order).
+
+        ``mmap``: memory-map the score arrays instead of reading them in, so processes serving one index
+        directory share one copy in the page cache (``serve-retriever --workers``); search speed is the same."""
         bm25s = _bm25s()
 
         directory = Path(directory)
         settings = json.loads((directory / cls.SETTINGS_FILE).read_text())
-        retriever = bm25s.BM25.load(str(directory / "bm25s"))
+        retriever = bm25s.BM25.load(str(directory / "bm25s"), mmap=mmap)
         passages = load_passages(directory / cls.CORPUS_FILE) if passages is None else passages
         return cls(passages, retriever, language=settings["language"])
 

@@ -178,7 +178,7 @@ def load_index(
     store = _open_store(index_dir, manifest)
     parts: dict[str, Retriever] = {}
     if "bm25" in _parts(manifest["kind"]):
-        parts["bm25"] = BM25Index.load(index_dir / BM25_DIR, passages=store)
+        parts["bm25"] = BM25Index.load(index_dir / BM25_DIR, passages=store, mmap=True)
     if "dense" in _parts(manifest["kind"]):
         dense = _load_dense(index_dir, store, manifest["dense"], device)
         dense.set_search_params(ef_search=ef_search, nprobe=nprobe)

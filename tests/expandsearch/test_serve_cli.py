@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -76,3 +78,42 @@ def test_missing_index_is_a_user_error(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_workers_serve_one_port_from_several_processes_with_the_same_answers(index_dir: Path, served: str) -> None:
+    script = require_console_script()
+    port = free_port()
+    command = [str(script), "serve-retriever", "--index", str(index_dir), "--port", str(port), "--workers", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(url, process, lambda: process.stdout.read() if process.stdout else "", timeout=120)
+        listening = listening_processes(process.pid, port, expected=2)
+        assert len(listening) == 2
+        payload = {"queries": ["Exploration of Uranus", "The Sound of Music"], "topk": 3, "return_scores": True}
+        single = httpx.post(f"{served}/retrieve", json=payload, headers={"Authorization": "Bearer cli-token"})
+        for _ in range(6):  # new connections, spread by the kernel over both workers
+            assert httpx.post(f"{url}/retrieve", json=payload, timeout=60).content == single.content
+        assert httpx.post(f"{url}/retrieve", json={"queries": []}).status_code == 422
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    assert process.returncode == 0
+    assert not any(child.is_running() for child in listening)
+
+
+def listening_processes(parent: int, port: int, expected: int, timeout: float = 60) -> list[Any]:
+    """The descendants of ``parent`` listening on ``port``, once ``expected`` of them do (or at the timeout):
+    /health answers as soon as the first worker listens."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [
+            child
+            for child in psutil.Process(parent).children(recursive=True)
+            if any(conn.laddr.port == port and conn.status == "LISTEN" for conn in child.net_connections())
+        ]
+        if len(found) >= expected or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
