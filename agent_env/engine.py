@@ -26,7 +26,7 @@ import operator
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
 
@@ -207,7 +207,7 @@ class TransformersEngine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
-        self.stop_token_ids = frozenset(_end_of_turn_ids(model, tokenizer)) | frozenset(extra_stop_token_ids)
+        self.stop_token_ids = end_of_turn_ids(tokenizer, [*_generation_eos_ids(model), *extra_stop_token_ids])
         self.pad_token_id = _pad_id(tokenizer, self.stop_token_ids)
         self.vocab_size: int = model.get_input_embeddings().num_embeddings
         # Only the last position's logits are needed; without this a long batched prompt materialises
@@ -532,17 +532,24 @@ def _top_p_filter(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(probs).scatter(-1, order, sorted_probs)
 
 
-def _end_of_turn_ids(model: Any, tokenizer: Any) -> set[int]:
-    """Token ids that end a turn: the generation config's EOS ids, the tokenizer's, and ChatML's ``<|im_end|>``."""
-    ids: set[int] = set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+def end_of_turn_ids(
+    tokenizer: Any, extra: Iterable[int] = (), *, names: Sequence[str] = ("<|im_end|>",)
+) -> frozenset[int]:
+    """Token ids that end a turn: the tokenizer's EOS, the tokens ``names`` where the vocabulary has them (ChatML's
+    ``<|im_end|>``), and ``extra`` (a generation config's EOS ids, say)."""
+    ids = {int(token) for token in extra}
     if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        ids.add(im_end)
-    return ids
+        ids.add(int(tokenizer.eos_token_id))
+    for name in names:
+        token = tokenizer.convert_tokens_to_ids(name)
+        if isinstance(token, int) and token != tokenizer.unk_token_id:
+            ids.add(token)
+    return frozenset(ids)
+
+
+def _generation_eos_ids(model: Any) -> list[int]:
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return configured if isinstance(configured, list) else [configured] if configured is not None else []
 
 
 def _pad_id(tokenizer: Any, stop_token_ids: frozenset[int]) -> int:

@@ -102,6 +102,15 @@ def verl_row(
     }
 
 
+def last_user_message(messages: Any) -> str | None:
+    """The content of the last user message of a row's chat ``prompt`` (None without one): the question, where a
+    row has no ``extra_info.question``."""
+    if messages is None:
+        return None
+    users = [message for message in list(messages) if isinstance(message, dict) and message.get("role") == "user"]
+    return str(users[-1]["content"]) if users else None
+
+
 def _question_type(example: QAExample) -> str | None:
     question_type = example.metadata.get("type")
     return str(question_type) if question_type else None

@@ -77,13 +77,15 @@ def read_questions(files: Sequence[str], *, limit: int = 0, shuffle_seed: int | 
 
 def _verl_rows(path: Path) -> list[dict[str, Any]]:
     """``data_source, id, question, golds, type`` of every row; RunSetupError naming the file and row."""
+    from data_prep.formats import last_user_message
+
     table = _parquet_table(path)
     rows = []
     for number, row in enumerate(table.to_pylist(), start=1):
         extra = row.get("extra_info") or {}
         try:
             golds = list((row["reward_model"] or {})["ground_truth"]["target"])
-            question = str(extra.get("question") or _last_user_message(row["prompt"]))
+            question = str(extra.get("question") or last_user_message(row["prompt"]) or "")
         except (KeyError, TypeError, IndexError) as error:
             raise RunSetupError(
                 f"{path}: row {number}: expected reward_model.ground_truth.target and a question"
@@ -119,10 +121,6 @@ def _parquet_table(path: Path) -> Any:
             f"{path}: not a verl RL parquet (missing {', '.join(missing)}); write one with `expandsearch prepare qa`"
         )
     return table
-
-
-def _last_user_message(prompt: Any) -> str:
-    return next(str(message["content"]) for message in reversed(list(prompt)) if message["role"] == "user")
 
 
 # --- retriever -------------------------------------------------------------------------------------------------------

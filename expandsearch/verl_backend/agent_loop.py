@@ -23,8 +23,9 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutp
 from agent_env.episode import AgentEnv, run_episode
 from agent_env.search import SearchBackend
 from agent_env.squeezers import Squeezer, make_squeezer
+from data_prep.formats import last_user_message
 from expandsearch.rl.config import RetrieverSection
-from expandsearch.verl_backend.engine import ServerManagerEngine
+from expandsearch.verl_backend.engine import ServerManagerEngine, verl_top_p
 from expandsearch.verl_backend.output import Limits, to_agent_loop_output
 from expandsearch.verl_backend.settings import AgentLoopSettings, read_settings
 
@@ -45,7 +46,7 @@ def read_row(row: Mapping[str, Any]) -> EpisodeRow:
     (``reward_model.ground_truth.target``; numpy arrays accepted) and ``data_source/id``; ValueError naming what is
     missing."""
     extra = _mapping(row.get("extra_info"))
-    question = extra.get("question") or _last_user_message(row.get("raw_prompt"))
+    question = extra.get("question") or last_user_message(row.get("raw_prompt"))
     truth = _mapping(_mapping(row.get("reward_model")).get("ground_truth"))
     golds = _golds(truth.get("target"))
     if not question or not golds:
@@ -66,13 +67,6 @@ def _golds(target: Any) -> tuple[str, ...]:
 
 def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
-
-
-def _last_user_message(messages: Any) -> str | None:
-    if messages is None:
-        return None
-    users = [message for message in list(messages) if _mapping(message).get("role") == "user"]
-    return str(users[-1]["content"]) if users else None
 
 
 class _ProcessResources:
@@ -127,7 +121,7 @@ class ExpandSearchAgentLoop(AgentLoopBase):
             self.settings.episode_for(
                 response_length=self.limits.response_length,
                 temperature=float(sampling_params.get("temperature", 1.0)),
-                top_p=_top_p(sampling_params),
+                top_p=verl_top_p(sampling_params),
             ),
         )
         trajectory = await run_episode(env, row.question, row.golden_answers, example_id=row.example_id)
@@ -138,12 +132,6 @@ class ExpandSearchAgentLoop(AgentLoopBase):
             num_preempted=engine.num_preempted,
             extra_fields=_global_steps(engine.server_extra),
         )
-
-
-def _top_p(sampling_params: Mapping[str, Any]) -> float:
-    # verl sends top_p = 1.0 for greedy validation; a top_p of 0 (some configs' "off") means no nucleus cut
-    value = float(sampling_params.get("top_p", 1.0))
-    return value if 0 < value <= 1 else 1.0
 
 
 def _global_steps(server_extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,25 +21,22 @@ the two conventions coincide.)
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from agent_env.engine import Generation, SamplingParams, StopReason
+from agent_env.engine import Generation, SamplingParams, StopReason, end_of_turn_ids
 
 logger = logging.getLogger(__name__)
 
 
-def end_of_turn_ids(tokenizer: Any, extra: Collection[int] = ()) -> frozenset[int]:
-    """Token ids that end a turn as an EOS does: the tokenizer's EOS, ChatML's ``<|im_end|>`` and ``<|endoftext|>``
-    where the vocabulary has them, and ``extra`` (a model whose generation config names others)."""
-    ids = {int(token) for token in extra}
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    for text in ("<|im_end|>", "<|endoftext|>"):
-        token = tokenizer.convert_tokens_to_ids(text)
-        if isinstance(token, int) and token != tokenizer.unk_token_id:
-            ids.add(token)
-    return frozenset(ids)
+VERL_END_TOKENS = ("<|im_end|>", "<|endoftext|>")
+"""Tokens that end a turn as an EOS does when a verl server stops on them (Qwen's generation config names both)."""
+
+
+def verl_top_p(sampling_params: Mapping[str, Any]) -> float:
+    """verl's ``top_p`` as a nucleus mass in (0, 1]: a top_p of 0 (some configs' "off") means no nucleus cut."""
+    value = float(sampling_params.get("top_p", 1.0))
+    return value if 0 < value <= 1 else 1.0
 
 
 def classify_stop(
@@ -95,7 +92,7 @@ class ServerManagerEngine:
         self.prompt_limit = prompt_limit
         self.response_limit = response_limit
         self._max_context_tokens = max_context_tokens
-        self.end_ids = frozenset(end_ids) or end_of_turn_ids(tokenizer)
+        self.end_ids = frozenset(end_ids) or end_of_turn_ids(tokenizer, names=VERL_END_TOKENS)
         self.prompt_tokens: int | None = None
         """Length of the episode's prompt as the episode built it (set by the first turn)."""
         self.overflow = 0

@@ -19,6 +19,7 @@ from typing import Any
 
 from agent_env.engine import LLMEngine, SamplingParams
 from agent_env.protocol import STOP_STRINGS
+from expandsearch.verl_backend.engine import verl_top_p
 
 DEFAULT_MAX_TOKENS = 512
 """``max_tokens`` when a request gives none (verl's servers default to the whole response length)."""
@@ -30,11 +31,10 @@ def sampling_from_verl(params: Mapping[str, Any]) -> SamplingParams:
     temperature = float(params.get("temperature", 1.0))
     if int(params.get("top_k", -1)) == 1:
         temperature = 0.0
-    top_p = float(params.get("top_p", 1.0))
     return SamplingParams(
         max_new_tokens=int(params.get("max_tokens") or DEFAULT_MAX_TOKENS),
         temperature=temperature,
-        top_p=top_p if 0 < top_p <= 1 else 1.0,
+        top_p=verl_top_p(params),
         stop=tuple(stop),
         seed=params.get("seed"),
     )

@@ -25,12 +25,12 @@ from verl_support import (
     write_rows,
 )
 
-from agent_env.engine import Generation, SamplingParams, TransformersEngine
+from agent_env.engine import Generation, SamplingParams, TransformersEngine, end_of_turn_ids
 from agent_env.episode import EpisodeConfig, TurnRecord
 from data_prep.synthetic import World
 from expandsearch.rl.config import RetrieverSection
 from expandsearch.verl_backend.agent_loop import read_row
-from expandsearch.verl_backend.engine import ServerManagerEngine, classify_stop, end_of_turn_ids
+from expandsearch.verl_backend.engine import VERL_END_TOKENS, ServerManagerEngine, classify_stop
 from expandsearch.verl_backend.engine_server import EngineServer, sampling_from_verl
 from expandsearch.verl_backend.output import REWARD_EXTRA_KEYS, Limits, shape_response, to_agent_loop_output
 from expandsearch.verl_backend.settings import AgentLoopSettings, read_settings
@@ -219,7 +219,7 @@ def test_a_response_over_the_limit_is_cut_and_loses_its_reward() -> None:
 
 def test_classify_stop_tells_a_stop_an_end_token_and_a_cut_turn_apart(tokenizer: Any) -> None:
     stop = ("</search>", "</answer>")
-    ends = end_of_turn_ids(tokenizer)
+    ends = end_of_turn_ids(tokenizer, names=VERL_END_TOKENS)
     searched = tokenizer.encode("<search> a </search>", add_special_tokens=False)
     cut = tokenizer.encode("<search> a b c", add_special_tokens=False)
 
