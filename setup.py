@@ -64,6 +64,7 @@ EXTRAS = {
         "mypy",
         "types-PyYAML",
         "trl",
+        "psutil",  # the retriever worker tests and benchmarks/retriever_wrk.py count processes and CPU time
     ],
     # what this machine cannot run: CUDA FAISS and vLLM (install on a GPU box)
     "gpu": ["faiss-gpu-cu12", "vllm"],
