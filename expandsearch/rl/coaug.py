@@ -2,7 +2,8 @@
 
 One step (docs/coaugmentation.md has the method): ``rollout.questions_per_step`` training queries of
 ``data.beir``'s train qrels each bring one query prompt, ``coaug.positives`` documents sampled from their qrels
-and ``coaug.negatives`` random ones (:meth:`CoAugTask.step_prompts`). The policy samples ``rollout.group_size``
+and ``coaug.negatives`` unjudged ones, random or (``coaug.hard_negatives``) among those BM25 ranks highest for the
+query (:meth:`CoAugTask.step_prompts`). The policy samples ``rollout.group_size``
 single-turn augmentations per prompt at ``rollout.episode.temperature`` — every token a policy token. The reward
 is the batch-level NDCG@10 estimate of :func:`agent_env.coaug_reward.score_step` over the whole step (BM25 with
 the corpus's IDF), and so are the advantages: Dr. GRPO per prompt with the side scaling; a step whose advantages
@@ -74,14 +75,22 @@ class CoAugTask:
     idf: dict[str, float] = field(default_factory=dict)
     _documents: dict[str, str] = field(default_factory=dict)
     _prompt_cache: dict[tuple[int, str], list[int]] = field(default_factory=dict)
+    _hard_pools: dict[str, list[str]] = field(default_factory=dict)
+    _ranker: Any = None
 
     def __post_init__(self) -> None:
         from agent_env.augment import document_input
         from agent_env.coaug_reward import analyze, corpus_idf
 
         self._documents = {passage.id: document_input(passage) for passage in self.train_split.corpus}
+        analysed = analyze(list(self._documents.values()))
         # the whole corpus's IDF: a term no document has scores 0 in the reward, so invented words earn nothing
-        self.idf = corpus_idf(analyze(list(self._documents.values())))
+        self.idf = corpus_idf(analysed)
+        if self.settings.hard_negatives:
+            from agent_env.coaug_reward import CorpusRanker
+
+            settings = self.settings
+            self._ranker = CorpusRanker(list(self._documents), analysed, self.idf, k1=settings.k1, b=settings.b)
 
     @property
     def train(self) -> Questions:
@@ -102,7 +111,7 @@ class CoAugTask:
     # --- the step's prompts ----------------------------------------------------------------------------------------
 
     def step_prompts(self, query_ids: Sequence[str], step: int) -> list[CoAugPrompt]:
-        """Each query's prompt and its documents' (positives from its train qrels, random negatives), seeded by
+        """Each query's prompt and its documents' (positives from its train qrels, negatives), seeded by
         the step; the side ``coaug.train`` leaves out is not prompted."""
         rng = random.Random(derive_seed(self.seed, step, 7))
         prompts: list[CoAugPrompt] = []
@@ -125,12 +134,25 @@ class CoAugTask:
     def _negatives(self, query_id: str, rng: random.Random) -> list[str]:
         judged = self.train_split.qrels[query_id]
         ids = list(self._documents)
-        found: list[str] = []
+        pool = self._hard_pool(query_id)
+        found = rng.sample(pool, min(self.settings.hard_negatives, len(pool)))
         while len(found) < self.settings.negatives:
             doc = ids[rng.randrange(len(ids))]
             if doc not in judged and doc not in found:
                 found.append(doc)
         return found
+
+    def _hard_pool(self, query_id: str) -> list[str]:
+        """The unjudged documents the reward's BM25 ranks highest for the original query (cached per query)."""
+        if self._ranker is None:
+            return []
+        if query_id not in self._hard_pools:
+            from agent_env.coaug_reward import analyze
+
+            query = analyze([self.train_split.queries[query_id]])[0]
+            judged = self.train_split.qrels[query_id]
+            self._hard_pools[query_id] = self._ranker.top(query, self.settings.hard_pool, exclude=judged)
+        return self._hard_pools[query_id]
 
     def prompt_ids(self, tokenizer: Any, prompt: CoAugPrompt) -> list[int]:
         """The chat-templated augmentation prompt (cached: a document recurs across steps)."""

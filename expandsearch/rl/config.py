@@ -319,7 +319,7 @@ class LoggingSection:
 class CoAugSection:
     """``task: coaug``: query and document augmentation trained jointly by the batch-level NDCG@10 reward
     (``agent_env.coaug_reward``; docs/coaugmentation.md). Each training query brings one query prompt,
-    ``positives`` documents from its train qrels and ``negatives`` random ones; ``rollout.group_size``
+    ``positives`` documents from its train qrels and ``negatives`` unjudged ones; ``rollout.group_size``
     augmentations are sampled per prompt at ``rollout.episode.temperature``."""
 
     kind: Literal["sparse"] = "sparse"
@@ -329,7 +329,13 @@ class CoAugSection:
     positives: int = 5
     """Documents sampled from a query's train qrels (with replacement when it has fewer)."""
     negatives: int = 10
-    """Random documents of the corpus a query is not judged relevant to."""
+    """Documents of the corpus a query is not judged relevant to (random, but for ``hard_negatives`` of them)."""
+    hard_negatives: int = 0
+    """Of the negatives, how many are drawn from the ``hard_pool`` unjudged documents that the reward's BM25 ranks
+    highest for the original query (0: all random, the reference's batch). With random negatives a SciFact
+    query's positives outrank them whatever the augmentations say, so most rewards tie."""
+    hard_pool: int = 30
+    """The top-ranked unjudged documents ``hard_negatives`` are drawn from."""
     max_new_tokens: int = 96
     """Tokens per augmentation."""
     think: bool = True
@@ -349,6 +355,8 @@ class CoAugSection:
     def __post_init__(self) -> None:
         if self.positives < 1 or self.negatives < 0 or self.max_new_tokens < 1 or self.draws < 0:
             raise ValueError("coaug needs positives >= 1, negatives >= 0, max_new_tokens >= 1 and draws >= 0")
+        if not 0 <= self.hard_negatives <= min(self.negatives, self.hard_pool):
+            raise ValueError("coaug.hard_negatives must lie between 0 and both coaug.negatives and coaug.hard_pool")
 
     def prompts_per_query(self) -> int:
         """Prompts each training query brings to a step."""

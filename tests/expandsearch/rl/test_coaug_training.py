@@ -107,6 +107,30 @@ def test_a_step_prompts_each_query_with_its_positives_and_random_negatives(
     assert [p.tag for p in alone.step_prompts(query_ids, step=1)] == [QUERY, QUERY]
 
 
+def test_hard_negatives_are_the_unjudged_documents_bm25_ranks_highest_for_the_query(
+    scifact_slice: Path, tiny_policy_dir: Path, tmp_path: Path
+) -> None:
+    config = coaug_config(scifact_slice, tiny_policy_dir, tmp_path, 42, negatives=4, hard_negatives=3, hard_pool=5)
+    task = CoAugTask.from_config(config)
+    query_id = task.train.inputs[0].example_id or ""
+    judged = task.train_split.qrels[query_id]
+    scores = task.similarity([task.train_split.queries[query_id]], list(task._documents.values()))[0]
+    ranked = [doc for _, doc in sorted(zip(-scores, task._documents, strict=True)) if doc not in judged]
+    pool = task._hard_pool(query_id)
+    assert len(pool) == 5
+    assert not set(pool) & set(judged)
+    # the pool's documents score at least as high as any unjudged document left out of it
+    assert min(scores[list(task._documents).index(doc)] for doc in pool) >= max(
+        scores[list(task._documents).index(doc)] for doc in ranked[5:]
+    )
+    negatives = [p.doc_id for p in task.step_prompts([query_id], step=3) if p.tag == NEGATIVE]
+    assert len(negatives) == len(set(negatives)) == 4
+    assert len(set(negatives) & set(pool)) >= 3
+    assert not set(negatives) & set(judged)
+    with pytest.raises(ValueError, match="hard_negatives"):
+        coaug_config(scifact_slice, tiny_policy_dir, tmp_path, negatives=2, hard_negatives=3)
+
+
 @pytest.mark.slow
 def test_the_joint_update_uses_the_batch_reward_and_dr_grpo_advantages(
     scifact_slice: Path, tiny_policy_dir: Path, tmp_path: Path
