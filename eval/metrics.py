@@ -166,7 +166,8 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Averages of a dataset x method's rows; ``{}`` for no rows.
 
     ``variants_per_search`` is total variants over total searches (each search weighs the same), left out when
-    nothing was searched; ``answer_in_passages`` and ``recall`` average the rows that measure them.
+    nothing was searched; ``answer_in_passages`` and ``recall`` average the rows that measure them;
+    ``em_when_found`` is the EM of the rows whose passages held a gold answer (absent when none did).
     """
     if not rows:
         return {}
@@ -177,6 +178,11 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         measured = [float(row[key]) for row in rows if row.get(key) is not None]
         if measured:
             metrics[key] = fmean(measured)
+    # the reader's share of the retriever's hits: EM where a gold answer was in front of the policy, which tells a
+    # policy that cannot search from one that cannot read what it found
+    found = [float(row["em"]) for row in rows if row.get("answer_in_passages")]
+    if found:
+        metrics["em_when_found"] = fmean(found)
     searches = sum(row["searches"] for row in rows)
     if searches:
         metrics["variants_per_search"] = sum(row["variants"] for row in rows) / searches

@@ -2,16 +2,16 @@
 
 The results dict is the one thing every report is made from (and what ``results.json`` holds)::
 
-    {"results": {dataset: {method: {"n", "em", "f1", "cover_em", "answer_in_passages", "recall", "turns",
-                                    "searches", "variants_per_search", "tokens", "context_tokens", "answered",
+    {"results": {dataset: {method: {"n", "em", "f1", "cover_em", "answer_in_passages", "em_when_found", "recall",
+                                    "turns", "searches", "variants_per_search", "tokens", "context_tokens", "answered",
                                     "seconds", "played"}}},
      "datasets": {dataset: {"file", "note", "examples"}}, "methods": [...], "settings": {...},
      "seconds": total, "finished": ISO time}
 
 A run with ``--answer-fallback`` also has ``fallback_em``, ``fallback_f1``, ``fallback_cover_em`` and
 ``fallback_used`` per method, shown after cover-EM with ``answered``. Metrics that were not measured are absent
-(``answer_in_passages`` without retrieval, ``recall`` without ground truth, ``variants_per_search`` without
-searches) and show as ``-``. ``seconds`` and ``played`` are this
+(``answer_in_passages`` without retrieval, ``em_when_found`` when no passage held an answer, ``recall`` without
+ground truth, ``variants_per_search`` without searches) and show as ``-``. ``seconds`` and ``played`` are this
 invocation's: a resumed run plays (and times) only the questions it lacked.
 """
 
@@ -32,6 +32,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("F1", "f1", "{:.3f}"),
     ("cover-EM", "cover_em", "{:.3f}"),
     ("answer in passages", "answer_in_passages", "{:.3f}"),
+    ("EM when found", "em_when_found", "{:.3f}"),
     ("support recall", "recall", "{:.3f}"),
     ("turns", "turns", "{:.2f}"),
     ("searches", "searches", "{:.2f}"),

@@ -26,7 +26,18 @@ if TYPE_CHECKING:
     from expandsearch.rl.config import PolicySection
     from expandsearch.rl.sources import Questions
 
-SHOWN = ("em", "f1", "cover_em", "answered", "valid_action_rate", "searches", "variants_per_search", "turns")
+SHOWN = (
+    "em",
+    "f1",
+    "cover_em",
+    "answered",
+    "valid_action_rate",
+    "searches",
+    "variants_per_search",
+    "turns",
+    "answer_in_passages",
+    "em_when_found",
+)
 """Headline metrics (``eval.metrics.aggregate`` keys) kept in the summary."""
 
 

@@ -13,6 +13,9 @@ COLUMNS = (
     ("valid", "valid_action_rate"),
     ("searches", "searches"),
     ("variants", "variants_per_search"),
+    # what the searches found, and how much of it the policy turned into answers (search vs reading)
+    ("answer found", "answer_in_passages"),
+    ("EM when found", "em_when_found"),
 )
 
 

@@ -116,11 +116,19 @@ def test_aggregate_means_and_per_search_variants() -> None:
     assert metrics["variants_per_search"] == pytest.approx(6 / 4)  # per search, not per episode
     assert metrics["answer_in_passages"] == pytest.approx(1 / 3)
     assert metrics["recall"] == pytest.approx(0.75)  # over the rows that measure it
+    assert metrics["em_when_found"] == 1.0  # the one row whose passages held the answer
+
+
+def test_em_when_found_is_the_em_of_the_questions_whose_passages_held_an_answer() -> None:
+    rows = [row(em=1.0, answer_in_passages=1.0), row(em=0.0, answer_in_passages=1.0), row(em=1.0)]
+    assert aggregate(rows)["em_when_found"] == 0.5
+    assert "em_when_found" not in aggregate([row(em=1.0, answer_in_passages=0.0)])
 
 
 def test_aggregate_leaves_out_what_was_never_measured() -> None:
     metrics = aggregate([row(), row()])
     assert "answer_in_passages" not in metrics
     assert "recall" not in metrics
+    assert "em_when_found" not in metrics
     assert "variants_per_search" not in metrics
     assert aggregate([]) == {}

@@ -23,6 +23,7 @@ def hand_built_results() -> dict[str, Any]:
                     "searches": 1.5,
                     "variants_per_search": 2.75,
                     "answer_in_passages": 1.0,
+                    "em_when_found": 0.6,
                     **common,
                 },
             },
@@ -45,13 +46,14 @@ def hand_built_results() -> dict[str, Any]:
 def test_table_has_one_row_per_dataset_and_method_with_dashes_for_unmeasured() -> None:
     lines = results_table(hand_built_results()).splitlines()
     assert lines[0] == (
-        "| dataset | method | n | EM | F1 | cover-EM | answer in passages | support recall | turns | searches "
+        "| dataset | method | n | EM | F1 | cover-EM | answer in passages | EM when found | support recall | turns "
+        "| searches "
         "| variants/search | tokens |"
     )
-    assert lines[1] == "|---|---|" + "---:|" * 10
-    assert lines[2] == "| nq | direct | 3 | 0.333 | 0.500 | 0.400 | - | - | 1.00 | 0.00 | - | 12 |"
-    assert lines[3] == "| nq | expandsearch | 3 | 0.667 | 0.500 | 0.400 | 1.000 | - | 1.00 | 1.50 | 2.75 | 12 |"
-    assert lines[4] == "| hotpotqa | rag | 2 | 0.500 | 0.500 | 0.400 | - | 0.250 | 1.00 | 1.00 | - | 12 |"
+    assert lines[1] == "|---|---|" + "---:|" * 11
+    assert lines[2] == "| nq | direct | 3 | 0.333 | 0.500 | 0.400 | - | - | - | 1.00 | 0.00 | - | 12 |"
+    assert lines[3] == "| nq | expandsearch | 3 | 0.667 | 0.500 | 0.400 | 1.000 | 0.600 | - | 1.00 | 1.50 | 2.75 | 12 |"
+    assert lines[4] == "| hotpotqa | rag | 2 | 0.500 | 0.500 | 0.400 | - | - | 0.250 | 1.00 | 1.00 | - | 12 |"
     assert lines[5] == ""
 
 
@@ -65,7 +67,7 @@ def test_table_footer_says_how_the_numbers_were_made() -> None:
 
 def test_table_of_a_bare_results_dict() -> None:
     table = results_table({"results": {"x": {"direct": {"n": 1.0, "em": 1.0}}}})
-    assert "| x | direct | 1 | 1.000 | - | - | - | - | - | - | - | - |" in table
+    assert "| x | direct | 1 | 1.000 | - | - | - | - | - | - | - | - | - |" in table
 
 
 def test_chart_is_a_png(tmp_path: Path) -> None:
