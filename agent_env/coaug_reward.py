@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,40 +93,6 @@ def bm25_matrix(
                 if f:
                     scores[row, column] += qf * weight * f * (k1 + 1) / (f + norms[column])
     return scores
-
-
-class CorpusRanker:
-    """BM25 over a whole analysed corpus with :func:`bm25_matrix`'s formula (the corpus's mean length), through
-    postings so that ranking all of a corpus for one query costs its terms' postings, not the corpus."""
-
-    def __init__(
-        self, ids: Sequence[str], documents: Sequence[Sequence[str]], idf: Mapping[str, float], *, k1: float, b: float
-    ) -> None:
-        lengths = np.array([len(tokens) for tokens in documents], dtype=np.float64)
-        mean_length = float(lengths.mean()) if len(lengths) and lengths.mean() else 1.0
-        self._norms = k1 * (1 - b + b * lengths / mean_length)
-        self._ids, self._idf, self._k1 = list(ids), idf, k1
-        self._postings: dict[str, list[tuple[int, int]]] = {}
-        for index, tokens in enumerate(documents):
-            for term, frequency in Counter(tokens).items():
-                self._postings.setdefault(term, []).append((index, frequency))
-
-    def top(self, query: Sequence[str], count: int, exclude: Container[str] = ()) -> list[str]:
-        """The ids of the ``count`` best-scoring documents for the analysed ``query`` (score > 0, ties by corpus
-        order), leaving out ``exclude``."""
-        scores = np.zeros(len(self._ids), dtype=np.float64)
-        k1 = self._k1
-        for term, qf in Counter(query).items():
-            weight = self._idf.get(term, 0.0)
-            for index, f in self._postings.get(term, ()) if weight else ():
-                scores[index] += qf * weight * f * (k1 + 1) / (f + self._norms[index])
-        found: list[str] = []
-        for index in np.argsort(-scores, kind="stable"):
-            if len(found) == count or scores[index] <= 0:
-                break
-            if self._ids[index] not in exclude:
-                found.append(self._ids[index])
-        return found
 
 
 def dense_matrix(query_embeddings: np.ndarray, document_embeddings: np.ndarray) -> np.ndarray:

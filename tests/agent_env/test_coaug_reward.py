@@ -15,7 +15,6 @@ from agent_env.coaug_reward import (
     NEGATIVE_TAG,
     POSITIVE_TAG,
     QUERY_TAG,
-    CorpusRanker,
     SampledResponse,
     all_draws,
     all_zero,
@@ -131,31 +130,6 @@ def test_bm25_uses_the_corpus_idf_and_ignores_invented_terms() -> None:
     assert scores[2, 0] > scores[2, 1] > 0  # same term, the longer document is normalised down
     df = 2  # "fever" in two of three corpus documents
     assert idf["fever"] == pytest.approx(math.log(1 + (3 - df + 0.5) / (df + 0.5)))
-
-
-WORDS = ["aspirin", "fever", "pain", "child", "dose", "liver", "trial", "zorblax"]
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    documents=st.lists(st.lists(st.sampled_from(WORDS[:-1]), min_size=1, max_size=8), min_size=1, max_size=12),
-    query=st.lists(st.sampled_from(WORDS), min_size=1, max_size=4),
-    count=st.integers(1, 6),
-    excluded=st.sets(st.integers(0, 11), max_size=3),
-)
-def test_corpus_ranker_ranks_as_bm25_matrix_over_the_whole_corpus(
-    documents: list[list[str]], query: list[str], count: int, excluded: set[int]
-) -> None:
-    ids = [f"d{i}" for i in range(len(documents))]
-    idf = corpus_idf(documents)
-    exclude = {f"d{i}" for i in excluded}
-    top = CorpusRanker(ids, documents, idf, k1=0.9, b=0.4).top(query, count, exclude=exclude)
-    scores = bm25_matrix([query], documents, idf, k1=0.9, b=0.4)[0]
-    expected = [ids[i] for i in sorted(range(len(ids)), key=lambda i: -scores[i]) if scores[i] > 0]
-    expected = [doc for doc in expected if doc not in exclude][:count]
-    assert len(top) == len(expected)
-    # equal scores may order either way between the two summations; the scores of the ranks must agree
-    assert [scores[ids.index(doc)] for doc in top] == pytest.approx([scores[ids.index(doc)] for doc in expected])
 
 
 def test_dr_grpo_advantages_are_mean_centred_not_std_divided() -> None:
