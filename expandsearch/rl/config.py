@@ -203,6 +203,23 @@ class RolloutSection:
 
 
 @dataclass(frozen=True)
+class FilterGroupsSection:
+    """DAPO's dynamic sampling (verl's ``algorithm.filter_groups``): a group whose episodes all earned the same
+    reward has zero GRPO advantage and teaches nothing, so the step samples further batches of questions and
+    trains on the groups whose rewards differ."""
+
+    enable: bool = False
+    """Fill the step's ``questions_per_step`` groups with groups of mixed rewards first."""
+    max_num_gen_batches: int = 3
+    """Most batches of ``questions_per_step`` questions sampled per step; when they hold too few mixed groups,
+    the rest of the step's groups are the uniform ones (zero advantage), so a step's shape never changes."""
+
+    def __post_init__(self) -> None:
+        if self.max_num_gen_batches < 1:
+            raise ValueError(f"filter_groups.max_num_gen_batches must be >= 1, got {self.max_num_gen_batches}")
+
+
+@dataclass(frozen=True)
 class AlgorithmSection:
     """The RL objective; the math is ``verl.trainer.ppo.core_algos``'s (see :mod:`expandsearch.rl.algorithms`)."""
 
@@ -246,6 +263,8 @@ class AlgorithmSection:
     """PPO value clip range around the old values."""
     critic_warmup: int = 0
     """Steps at the start during which only the critic is trained (PPO)."""
+    filter_groups: FilterGroupsSection = field(default_factory=FilterGroupsSection)
+    """Dynamic sampling: train on groups whose rewards differ (GRPO)."""
 
     def __post_init__(self) -> None:
         check_kl_estimator(self.kl_loss_type)
@@ -259,6 +278,8 @@ class AlgorithmSection:
             raise ValueError(f"mini_batch_size {self.mini_batch_size} is not a multiple of {self.micro_batch_size}")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
             raise ValueError("gamma and lam must be in [0, 1]")
+        if self.filter_groups.enable and self.estimator != "grpo":
+            raise ValueError("algorithm.filter_groups filters GRPO groups: it needs algorithm.estimator grpo")
 
 
 @dataclass(frozen=True)
@@ -523,3 +544,5 @@ class TrainConfig:
             raise ValueError("task coaug starts from a named policy.model with warm_start.kind none")
         if self.algorithm.estimator != "grpo":
             raise ValueError("task coaug computes its own group advantages: algorithm.estimator must be grpo")
+        if self.algorithm.filter_groups.enable:
+            raise ValueError("task coaug scores a whole batch at once: algorithm.filter_groups cannot pick its groups")

@@ -126,6 +126,8 @@ class Trainer:
         # The policy the samples come from is the tempered one, so the ratios and the KL are taken under it too
         # (as verl's actor does); evaluation stays greedy.
         self.temperature = config.rollout.episode.temperature or 1.0
+        self.sampling_metrics: dict[str, float] = {}
+        """What the last rollout sampled to find its groups (:meth:`rollout`)."""
 
     def _optimizer(self, parameters: Any, lr: float) -> tuple[Any, Any]:
         optim = self.config.optim
@@ -182,17 +184,48 @@ class Trainer:
         return metrics
 
     def rollout_metrics(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
-        """``rollout/…`` metrics of the step's episodes (and the retriever's failovers so far)."""
-        return summarize_rollouts(trajectories) | _search_metrics(self.env.search)
+        """``rollout/…`` metrics of the step's episodes (and the retriever's failovers so far), and of what was
+        sampled to find them (``rollout/sampled_*``: every batch the step sampled, kept or not)."""
+        return summarize_rollouts(trajectories) | _search_metrics(self.env.search) | self.sampling_metrics
 
     def rollout(self) -> list[Trajectory]:
-        """This step's episodes, input-major (a question's ``group_size`` samples are consecutive)."""
+        """This step's episodes, input-major (a question's ``group_size`` samples are consecutive).
+
+        With ``algorithm.filter_groups`` the step samples up to ``max_num_gen_batches`` batches of questions and
+        keeps the groups whose rewards differ (the only ones with a GRPO advantage), topped up with uniform
+        groups when too few were found, so every step has ``questions_per_step`` groups."""
+        rollout, filtering = self.config.rollout, self.algorithm.filter_groups
+        mixed: list[list[Trajectory]] = []
+        uniform: list[list[Trajectory]] = []
+        rewards: list[float] = []
+        batches = filtering.max_num_gen_batches if filtering.enable else 1
+        for attempt in range(batches):
+            trajectories = self._sample(attempt)
+            for group in _groups(trajectories, rollout.group_size):
+                scores = self.task.score(group)
+                rewards += scores
+                (mixed if len(set(scores)) > 1 else uniform).append(group)
+            if len(mixed) >= rollout.questions_per_step:
+                break
+        sampled_groups = len(mixed) + len(uniform)
+        self.sampling_metrics = {
+            "rollout/sampled_batches": float(attempt + 1),
+            "rollout/sampled_reward_mean": sum(rewards) / len(rewards),
+            "rollout/sampled_mixed_groups": len(mixed) / sampled_groups,
+        }
+        if not filtering.enable:
+            return trajectories
+        kept = (mixed + uniform)[: rollout.questions_per_step]
+        return [trajectory for group in kept for trajectory in group]
+
+    def _sample(self, attempt: int) -> list[Trajectory]:
+        """``group_size`` episodes of each of the next ``questions_per_step`` training questions."""
         rollout = self.config.rollout
         picked = [self.questions[index] for index in self.data.next_indices(rollout.questions_per_step)]
         runner = RolloutRunner(self.env, max_concurrency=rollout.max_concurrency)
         self.policy.eval()
-        # Seeded per step: the samples depend on the step, not on how the engine happened to batch them.
-        seed = derive_seed(self.config.seed, self.step)
+        # Seeded per step (and batch): the samples depend on the step, not on how the engine happened to batch them.
+        seed = derive_seed(self.config.seed, self.step, *([attempt] if attempt else []))
         return self.loop.run_until_complete(runner.run(picked, samples_per_input=rollout.group_size, seed=seed))
 
     def reward(self, trajectories: Sequence[Trajectory]) -> RolloutBatch:
@@ -394,6 +427,11 @@ class Trainer:
         closing = close_env(self._env) if self._env is not None else self.engine.aclose()
         self.loop.run_until_complete(closing)
         self.loop.close()
+
+
+def _groups(trajectories: Sequence[Trajectory], group_size: int) -> list[list[Trajectory]]:
+    """Input-major trajectories cut into their questions' groups."""
+    return [list(trajectories[start : start + group_size]) for start in range(0, len(trajectories), group_size)]
 
 
 def _search_metrics(search: Any) -> dict[str, float]:

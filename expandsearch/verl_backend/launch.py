@@ -99,6 +99,11 @@ def _refusals(config: TrainConfig) -> Iterator[str]:
             "(the embedded trainer's warm start, or verl's SFT trainer `python -m verl.trainer.sft_trainer`), then "
             "set policy.model to the fine-tuned directory and warm_start.kind=none"
         )
+    if config.algorithm.filter_groups.enable and not config.verl.use_v1:
+        yield (
+            "algorithm.filter_groups: verl filters groups in its v1 trainer only; set verl.use_v1=true (which needs "
+            "the transfer_queue package) or algorithm.filter_groups.enable=false"
+        )
     yield from _model_refusals(config)
     yield from _batch_refusals(config)
     index = config.retriever.index
@@ -185,6 +190,9 @@ def _algorithm(config: TrainConfig) -> list[Override]:
         ("algorithm.kl_penalty", algorithm.kl_reward_type),
         ("algorithm.kl_ctrl.type", "fixed"),
         ("algorithm.kl_ctrl.kl_coef", algorithm.kl_reward_coef),
+        ("algorithm.filter_groups.enable", algorithm.filter_groups.enable),
+        # verl's v1 replay buffer refills filtered groups without a cap, so max_num_gen_batches has no verl twin
+        *([("algorithm.filter_groups.metric", "reward")] if algorithm.filter_groups.enable else []),
     ]
 
 

@@ -131,6 +131,13 @@ def test_hard_negatives_are_the_unjudged_documents_bm25_ranks_highest_for_the_qu
         coaug_config(scifact_slice, tiny_policy_dir, tmp_path, negatives=2, hard_negatives=3)
 
 
+def test_group_filtering_is_refused_for_a_task_scored_batch_by_batch() -> None:
+    sections = {"task": "coaug", "data": {"world": None, "beir": "scifact"}, "policy": {"model": "smollm2"}}
+    sections |= {"warm_start": {"kind": "none"}, "algorithm": {"filter_groups": {"enable": True}}}
+    with pytest.raises(ValueError, match="cannot pick its groups"):
+        config_from_dict(TrainConfig, sections)
+
+
 @pytest.mark.slow
 def test_the_joint_update_uses_the_batch_reward_and_dr_grpo_advantages(
     scifact_slice: Path, tiny_policy_dir: Path, tmp_path: Path

@@ -100,6 +100,8 @@ def test_task_reads_the_configured_files(world_files: Path, tmp_path: Path) -> N
         ({"policy": {"model": "tiny"}}, "built by warm_start.kind world_expert"),
         ({"warm_start": {"kind": "world_expert"}}, "needs data.world"),
         ({"retriever": {"urls": ["http://127.0.0.1:1"]}}, "retriever.index and retriever.urls at once"),
+        ({"algorithm": {"estimator": "gae", "filter_groups": {"enable": True}}}, "filter_groups filters GRPO"),
+        ({"algorithm": {"filter_groups": {"max_num_gen_batches": 0}}}, "max_num_gen_batches must be >= 1"),
     ],
 )
 def test_inconsistent_sections_are_refused(tmp_path: Path, sections: dict[str, Any], message: str) -> None:

@@ -70,6 +70,64 @@ def test_grpo_group_with_equal_rewards_has_no_policy_gradient(make_trainer: Any)
     assert torch.count_nonzero(batch.advantages) == 0
 
 
+class ScriptedScores:
+    """The trainer's task, but a group of a question in ``mixed`` scores [1, 0, …] and every other group 0."""
+
+    def __init__(self, task: Any, mixed: set[str]) -> None:
+        self.task, self.mixed = task, mixed
+        self.name, self.train, self.held_out = task.name, task.train, task.held_out
+
+    def score(self, trajectories: Any) -> list[float]:
+        return [float(index == 0 and t.question in self.mixed) for index, t in enumerate(trajectories)]
+
+
+def filtering(make_trainer: Any, mixed: Any, batches: int = 3) -> Trainer:
+    trainer = make_trainer(algorithm={"filter_groups": {"enable": True, "max_num_gen_batches": batches}})
+    trainer.task = ScriptedScores(trainer.task, set(mixed(trainer)))
+    return trainer
+
+
+def questions_of(trajectories: Any, group_size: int = 2) -> list[str]:
+    groups = [trajectories[start : start + group_size] for start in range(0, len(trajectories), group_size)]
+    assert all(len({t.question for t in group}) == 1 for group in groups)  # groups stay whole
+    return [group[0].question for group in groups]
+
+
+def test_filter_groups_with_every_group_mixed_samples_what_the_plain_rollout_does(make_trainer: Any) -> None:
+    plain = make_trainer().rollout()
+    trainer = filtering(make_trainer, lambda trainer: {q.question for q in trainer.questions})
+    filtered = trainer.rollout()
+    assert [t.response_ids for t in filtered] == [t.response_ids for t in plain]
+    assert trainer.sampling_metrics["rollout/sampled_batches"] == 1
+    assert trainer.sampling_metrics["rollout/sampled_mixed_groups"] == 1.0
+
+
+def test_filter_groups_without_a_mixed_group_samples_every_batch_and_keeps_the_first(make_trainer: Any) -> None:
+    first_batch = questions_of(make_trainer().rollout())
+    trainer = filtering(make_trainer, lambda trainer: set())
+    kept = trainer.rollout()
+    assert questions_of(kept) == first_batch  # the step keeps its shape: 4 questions x 2
+    assert trainer.data.position == 12  # three batches of 4 questions were drawn
+    assert trainer.sampling_metrics == {
+        "rollout/sampled_batches": 3.0,
+        "rollout/sampled_reward_mean": 0.0,
+        "rollout/sampled_mixed_groups": 0.0,
+    }
+
+
+def test_filter_groups_keeps_the_mixed_groups_first(make_trainer: Any) -> None:
+    trainer = filtering(make_trainer, lambda trainer: {q.question for q in trainer.questions[::2]}, batches=2)
+    drawn = [trainer.questions[index].question for index in DataOrder(len(trainer.questions), 0).next_indices(8)]
+    mixed = [q for q in drawn if q in trainer.task.mixed]
+    kept = questions_of(trainer.rollout())
+    assert 0 < len(mixed) < 8
+    if len(mixed) < 4:  # the second batch was needed, and the uniform groups fill the step in order
+        assert kept == (mixed + [q for q in drawn if q not in trainer.task.mixed])[:4]
+    else:
+        assert kept == mixed[:4]
+    trainer.train_step()  # and the step trains on them
+
+
 def test_ppo_critic_warms_up_before_the_actor_moves(make_trainer: Any) -> None:
     trainer = make_trainer(algorithm={"estimator": "gae", "critic_warmup": 1, "gamma": 1.0, "lam": 0.95})
     assert trainer.critic is not None

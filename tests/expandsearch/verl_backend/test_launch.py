@@ -233,12 +233,20 @@ def test_a_local_model_directory_is_loaded_by_verls_model_config(tiny_policy_dir
         (["retriever.urls=[]", "retriever.index=data/index"], "absolute path every node can read"),
         (["verl.n_gpus_per_node=3"], "do not split evenly over the 3 GPUs"),
         (["algorithm.mini_batch_size=512"], "not a multiple of rollout.group_size 5"),
+        (["algorithm.filter_groups.enable=true"], "set verl.use_v1=true"),
     ],
 )
 def test_what_verl_cannot_run_is_refused_with_what_to_do(overrides: list[str], fragment: str) -> None:
     with pytest.raises(VerlConfigError, match=r"^--backend verl cannot run this config: ") as caught:
         verl_overrides(grpo_config(*overrides))
     assert fragment in str(caught.value)
+
+
+def test_filter_groups_becomes_verls_dapo_filter_on_the_reward() -> None:
+    config = grpo_config("algorithm.filter_groups.enable=true", "verl.use_v1=true")
+    filter_groups = compose_verl_config(verl_overrides(config)).algorithm.filter_groups
+    assert (filter_groups.enable, filter_groups.metric) == (True, "reward")
+    assert compose_verl_config(verl_overrides(grpo_config())).algorithm.filter_groups.enable is False
 
 
 def test_an_absolute_index_is_accepted_as_every_nodes_path() -> None:
