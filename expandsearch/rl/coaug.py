@@ -285,8 +285,13 @@ class CoAugTrainer(Trainer):
             for prompt, prompt_ids, generation in zip(prompts, ids, generations, strict=True)
         ]
 
-    def reward(self, trajectories: Sequence[Trajectory]) -> RolloutBatch:
-        """The batch-level reward; the advantages come with it (kept for :meth:`advantages`)."""
+    def scored_rollout(self) -> tuple[list[Trajectory], list[float] | None]:
+        # not scored here: the reward stage scores the batch once, with the advantages the scores come with
+        return self.rollout(), None
+
+    def reward(self, trajectories: Sequence[Trajectory], rewards: Sequence[float] | None = None) -> RolloutBatch:
+        """The batch-level reward; the advantages come with it (kept for :meth:`advantages`). ``rewards`` is
+        ignored: the advantages need the step's own scoring."""
         scores = self.task.score_batch(
             trajectories, rng=np.random.default_rng(derive_seed(self.config.seed, self.step, 3))
         )

@@ -28,7 +28,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -43,6 +43,11 @@ if TYPE_CHECKING:
     from agent_env.episode import AgentEnv, Trajectory
     from expandsearch.rl.config import TrainConfig
     from expandsearch.rl.tasks import Task
+
+    ScoredGroup = tuple[list[Trajectory], list[float]]
+    """A question's ``group_size`` episodes and the task's scores of them."""
+
+Item = TypeVar("Item")
 
 
 @contextlib.contextmanager
@@ -155,9 +160,9 @@ class Trainer:
         metrics: dict[str, float] = {}
         started = time.perf_counter()
         with timed(metrics, "rollout"):
-            trajectories = self.rollout()
+            trajectories, rewards = self.scored_rollout()
         with timed(metrics, "reward"):
-            batch = self.reward(trajectories)
+            batch = self.reward(trajectories, rewards)
         if not self.on_policy:
             with timed(metrics, "old_log_prob"):
                 batch.old_log_probs = self.log_probs(self.policy, batch)
@@ -189,22 +194,28 @@ class Trainer:
         return summarize_rollouts(trajectories) | _search_metrics(self.env.search) | self.sampling_metrics
 
     def rollout(self) -> list[Trajectory]:
-        """This step's episodes, input-major (a question's ``group_size`` samples are consecutive).
+        """This step's episodes, input-major (a question's ``group_size`` samples are consecutive)."""
+        return self.scored_rollout()[0]
+
+    def scored_rollout(self) -> tuple[list[Trajectory], list[float] | None]:
+        """This step's episodes and the task's scores of them (handed on to :meth:`reward`, which would score
+        them again otherwise).
 
         With ``algorithm.filter_groups`` the step samples up to ``max_num_gen_batches`` batches of questions and
         keeps the groups whose rewards differ (the only ones with a GRPO advantage), topped up with uniform
         groups when too few were found, so every step has ``questions_per_step`` groups."""
         rollout, filtering = self.config.rollout, self.algorithm.filter_groups
-        mixed: list[list[Trajectory]] = []
-        uniform: list[list[Trajectory]] = []
+        mixed: list[ScoredGroup] = []
+        uniform: list[ScoredGroup] = []
         rewards: list[float] = []
         batches = filtering.max_num_gen_batches if filtering.enable else 1
         for attempt in range(batches):
             trajectories = self._sample(attempt)
-            for group in _groups(trajectories, rollout.group_size):
-                scores = self.task.score(group)
-                rewards += scores
-                (mixed if len(set(scores)) > 1 else uniform).append(group)
+            scores = self.task.score(trajectories)  # a whole batch at once: a task may score batch-level
+            rewards += scores
+            size = rollout.group_size
+            for group in zip(_groups(trajectories, size), _groups(scores, size), strict=True):
+                (mixed if len(set(group[1])) > 1 else uniform).append(group)
             if len(mixed) >= rollout.questions_per_step:
                 break
         sampled_groups = len(mixed) + len(uniform)
@@ -214,9 +225,9 @@ class Trainer:
             "rollout/sampled_mixed_groups": len(mixed) / sampled_groups,
         }
         if not filtering.enable:
-            return trajectories
+            return trajectories, scores
         kept = (mixed + uniform)[: rollout.questions_per_step]
-        return [trajectory for group in kept for trajectory in group]
+        return [t for group, _ in kept for t in group], [score for _, scores in kept for score in scores]
 
     def _sample(self, attempt: int) -> list[Trajectory]:
         """``group_size`` episodes of each of the next ``questions_per_step`` training questions."""
@@ -228,10 +239,12 @@ class Trainer:
         seed = derive_seed(self.config.seed, self.step, *([attempt] if attempt else []))
         return self.loop.run_until_complete(runner.run(picked, samples_per_input=rollout.group_size, seed=seed))
 
-    def reward(self, trajectories: Sequence[Trajectory]) -> RolloutBatch:
+    def reward(self, trajectories: Sequence[Trajectory], rewards: Sequence[float] | None = None) -> RolloutBatch:
+        """The step's batch with its outcome rewards: ``rewards`` when the rollout scored it already, else the
+        task's scores."""
         group_size = self.config.rollout.group_size
         groups = [f"{self.step}/{index // group_size}" for index in range(len(trajectories))]
-        rewards = self.task.score(trajectories)
+        rewards = self.task.score(trajectories) if rewards is None else list(rewards)
         batch = RolloutBatch.from_trajectories(trajectories, self.pad_token_id, groups, rewards).to(self.device)
         batch.token_rewards = algorithms.outcome_token_rewards(batch.rewards, batch.response_mask)
         return batch
@@ -429,9 +442,9 @@ class Trainer:
         self.loop.close()
 
 
-def _groups(trajectories: Sequence[Trajectory], group_size: int) -> list[list[Trajectory]]:
-    """Input-major trajectories cut into their questions' groups."""
-    return [list(trajectories[start : start + group_size]) for start in range(0, len(trajectories), group_size)]
+def _groups(items: Sequence[Item], group_size: int) -> list[list[Item]]:
+    """Input-major trajectories (or their scores) cut into their questions' groups."""
+    return [list(items[start : start + group_size]) for start in range(0, len(items), group_size)]
 
 
 def _search_metrics(search: Any) -> dict[str, float]:

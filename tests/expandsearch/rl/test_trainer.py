@@ -71,14 +71,21 @@ def test_grpo_group_with_equal_rewards_has_no_policy_gradient(make_trainer: Any)
 
 
 class ScriptedScores:
-    """The trainer's task, but a group of a question in ``mixed`` scores [1, 0, …] and every other group 0."""
+    """The trainer's task, but a group of a question in ``mixed`` scores [1, 0, …] and every other group 0;
+    ``scored`` counts the trajectories it was asked to score."""
 
     def __init__(self, task: Any, mixed: set[str]) -> None:
-        self.task, self.mixed = task, mixed
+        self.task, self.mixed, self.scored = task, mixed, 0
         self.name, self.train, self.held_out = task.name, task.train, task.held_out
 
     def score(self, trajectories: Any) -> list[float]:
-        return [float(index == 0 and t.question in self.mixed) for index, t in enumerate(trajectories)]
+        self.scored += len(trajectories)
+        seen: set[str] = set()
+        scores = []
+        for trajectory in trajectories:
+            scores.append(float(trajectory.question in self.mixed and trajectory.question not in seen))
+            seen.add(trajectory.question)
+        return scores
 
 
 def filtering(make_trainer: Any, mixed: Any, batches: int = 3) -> Trainer:
@@ -126,6 +133,18 @@ def test_filter_groups_keeps_the_mixed_groups_first(make_trainer: Any) -> None:
     else:
         assert kept == mixed[:4]
     trainer.train_step()  # and the step trains on them
+
+
+def test_a_step_scores_its_episodes_once_and_trains_on_those_scores(make_trainer: Any) -> None:
+    trainer = filtering(make_trainer, lambda trainer: {q.question for q in trainer.questions}, batches=1)
+    trajectories, rewards = trainer.scored_rollout()
+    assert trainer.task.scored == len(trajectories) == 8
+    assert rewards == [1.0, 0.0] * 4
+    batch = trainer.reward(trajectories, rewards)
+    assert trainer.task.scored == 8  # the reward stage took the rollout's scores
+    assert batch.rewards.tolist() == rewards
+    trainer.train_step()
+    assert trainer.task.scored == 16  # one scoring per step
 
 
 def test_ppo_critic_warms_up_before_the_actor_moves(make_trainer: Any) -> None:
