@@ -279,7 +279,10 @@ class AlgorithmSection:
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
             raise ValueError("gamma and lam must be in [0, 1]")
         if self.filter_groups.enable and self.estimator != "grpo":
-            raise ValueError("algorithm.filter_groups filters GRPO groups: it needs algorithm.estimator grpo")
+            raise ValueError(
+                "algorithm.filter_groups filters GRPO groups: it needs algorithm.estimator grpo "
+                "(with another estimator, set algorithm.filter_groups.enable=false)"
+            )
 
 
 @dataclass(frozen=True)
@@ -545,4 +548,7 @@ class TrainConfig:
         if self.algorithm.estimator != "grpo":
             raise ValueError("task coaug computes its own group advantages: algorithm.estimator must be grpo")
         if self.algorithm.filter_groups.enable:
-            raise ValueError("task coaug scores a whole batch at once: algorithm.filter_groups cannot pick its groups")
+            raise ValueError(
+                "task coaug scores a whole batch at once: algorithm.filter_groups cannot pick its groups "
+                "(set algorithm.filter_groups.enable=false)"
+            )
