@@ -14,6 +14,13 @@ world (``world.seed``) stays fixed, so every run answers the same held-out quest
 one torch thread each (the machine has two cores)::
 
     .venv/bin/python benchmarks/learning_proof.py --out runs/learning_proof --seeds 0,1,2 [--modes multi,single]
+
+``--set KEY=VALUE`` (repeatable) adds an ``expandsearch train`` override to every run. ``--resume`` runs every
+job again with ``expandsearch train --resume``, which reuses the world, index and warm start, continues RL from
+the last checkpoint and evaluates afresh: with ``--set steps=80`` it takes the 40-step runs of ``--out`` on to
+80 steps (the learning rate is constant after warm-up, so the schedule is an 80-step run's)::
+
+    .venv/bin/python benchmarks/learning_proof.py --out R --seeds 0,1,2,3,4 --modes multi --set steps=80 --resume
 """
 
 from __future__ import annotations
@@ -45,24 +52,26 @@ ROWS = ("warm start", "after RL", "after RL, 1 query/search")
 TYPES = ("all", "single_hop", "bridge", "three_hop", "comparison")
 
 
-def run_one(out: Path, mode: str, seed: int) -> dict[str, Any]:
-    """The summary of one main-job run (run now unless it finished before)."""
+def run_one(out: Path, mode: str, seed: int, overrides: list[str], resume: bool) -> dict[str, Any]:
+    """The summary of one main-job run (run now unless it finished before and ``resume`` is off)."""
     run_dir = out / f"{mode}_seed{seed}"
     summary_file = run_dir / "summary.json"
-    if not summary_file.is_file():
+    if resume or not summary_file.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
         command = [
             str(Path(sys.executable).with_name("expandsearch")),
             "train",
+            *(["--resume"] if resume else []),
             f"run_dir={run_dir}",
             f"seed={seed}",
             "torch_threads=1",
             "logging.progress=false",
             *MODES[mode],
+            *overrides,
         ]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         started = time.perf_counter()
-        with (run_dir / "train.log").open("w") as log:
+        with (run_dir / "train.log").open("a" if resume else "w") as log:
             subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
         print(f"{mode} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
     return json.loads(summary_file.read_text())
@@ -129,6 +138,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--modes", default="multi,single")
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override of every run")
+    parser.add_argument("--resume", action="store_true", help="run every job again with `expandsearch train --resume`")
     args = parser.parse_args()
     seeds = [int(seed) for seed in args.seeds.split(",")]
     modes = [mode for mode in args.modes.split(",") if mode]
@@ -137,7 +148,7 @@ def main() -> None:
         parser.error(f"unknown modes {sorted(unknown)}; known: {', '.join(MODES)}")
     jobs = [(mode, seed) for seed in seeds for mode in modes]
     with ThreadPoolExecutor(args.parallel) as pool:
-        results = list(pool.map(lambda job: run_one(args.out, *job), jobs))
+        results = list(pool.map(lambda job: run_one(args.out, *job, args.set, args.resume), jobs))
     summaries = dict(zip(jobs, results, strict=True))
     print("\nheld-out EM (greedy, all test questions), mean over seeds ± std (each seed)\n")
     print(table(summaries, modes, seeds))
