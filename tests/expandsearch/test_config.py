@@ -95,7 +95,7 @@ def test_defaults_without_file_or_overrides() -> None:
     assert load_config(TrainConfig) == TrainConfig()
 
 
-def test_the_default_config_file_holds_the_dataclass_defaults_but_dynamic_sampling() -> None:
+def test_the_default_config_file_holds_the_dataclass_defaults_but_dynamic_sampling_and_its_steps() -> None:
     # `expandsearch train` reads train_configs/tiny_cpu.yaml; code that builds TrainConfig() must get the same job,
     # except for the two choices that are the demo's alone: dynamic sampling, off by default as in verl and the
     # papers (it doubles RL's time and is refused by PPO, co-augmentation and verl's v0 trainer), and the 80 steps
