@@ -15,12 +15,15 @@ naming a query or a document the folder does not have, an empty corpus. Every pr
 convention), which ``expandsearch index`` indexes. :func:`hotpotqa_task` builds a second, multi-hop task from
 HotpotQA distractor files: questions as queries, the union of their context paragraphs as the corpus, their
 supporting paragraphs as qrels (score 1); :func:`write_beir` writes any task back as a BEIR folder.
+:func:`pooled_task` cuts a task down TREC-style (some of its queries; the documents their judgements and runs
+name) for experiments whose cost grows with the corpus, such as augmenting every document with an LLM.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,3 +224,47 @@ def write_beir(tasks: Sequence[BeirTask], folder: str | Path) -> Path:
         for query_id, text in queries.items():
             handle.write(json.dumps({"_id": query_id, "text": text}) + "\n")
     return folder
+
+
+# --- a pooled sub-task ------------------------------------------------------------------------------------------
+
+
+def sample_query_ids(task: BeirTask, count: int, *, seed: int = 0) -> list[str]:
+    """``count`` of the task's query ids drawn at random (all of them when it has no more), in qrels order."""
+    if count < 1:
+        raise ValueError(f"a pooled task needs at least one query, got {count}")
+    ids = list(task.queries)
+    if count >= len(ids):
+        return ids
+    chosen = set(random.Random(seed).sample(ids, count))
+    return [query_id for query_id in ids if query_id in chosen]
+
+
+def pooled_task(
+    task: BeirTask, query_ids: Sequence[str], runs: Sequence[Mapping[str, Sequence[str]]], *, depth: int
+) -> BeirTask:
+    """The task cut down to ``query_ids`` and a pool of documents, TREC-style.
+
+    The pool is every document the chosen queries' judgements name (relevant or not) and the top ``depth`` of
+    each run's ranking for them (a run: query id → document ids, best first); the documents keep the corpus's
+    order. Every retrieval condition is then scored on the pool alone, so their differences are paired and fair
+    to each other, but the absolute scores are not the full corpus's: the documents no run ranked high are gone,
+    and BM25's IDF and mean length are the pool's.
+    """
+    if depth < 1:
+        raise ValueError(f"pool depth must be >= 1, got {depth}")
+    unknown = [query_id for query_id in query_ids if query_id not in task.queries]
+    if unknown:
+        raise BeirFormatError(f"query id {unknown[0]!r} is not judged in the {task.split} split")
+    pool: set[str] = set()
+    for query_id in query_ids:
+        pool.update(task.qrels[query_id])
+        for run in runs:
+            pool.update(run.get(query_id, [])[:depth])
+    corpus = [passage for passage in task.corpus if passage.id in pool]
+    missing = pool - {passage.id for passage in corpus}
+    if missing:
+        raise BeirFormatError(f"run names document {sorted(missing)[0]!r}, which the corpus does not have")
+    queries = {query_id: task.queries[query_id] for query_id in query_ids}
+    qrels = {query_id: dict(task.qrels[query_id]) for query_id in query_ids}
+    return BeirTask(task.name, task.split, corpus, queries, qrels)

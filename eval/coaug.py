@@ -75,20 +75,29 @@ def condition_queries(task: BeirTask, condition: Condition) -> tuple[list[str], 
     return ids, texts, sum(bool(answer) for answer in answers)
 
 
+def retrieve(
+    task: BeirTask, condition: Condition, *, topk: int = 100, device: str | None = None
+) -> tuple[dict[str, list[str]], int]:
+    """(query id → the top ``topk`` document ids, how many queries carried an augmentation) for ``condition``."""
+    from retriever_server.index_dir import load_index
+
+    retriever = load_index(condition.index, device=device)
+    ids, texts, augmented = condition_queries(task, condition)
+    hits = retriever.batch_search(texts, topk)
+    return {query_id: [hit.id for hit in found] for query_id, found in zip(ids, hits, strict=True)}, augmented
+
+
 def evaluate_conditions(
     task: BeirTask, chosen: Sequence[Condition], *, topk: int = 100, device: str | None = None
 ) -> dict[str, Any]:
     """Retrieve and score every condition; returns what ``results.json`` holds (plus per-query rows)."""
-    from retriever_server.index_dir import load_index, read_manifest
+    from retriever_server.index_dir import read_manifest
 
     results: dict[str, Any] = {}
     rows: dict[str, dict[str, dict[str, Any]]] = {}
     for condition in chosen:
         manifest = read_manifest(condition.index)
-        retriever = load_index(condition.index, device=device)
-        ids, texts, augmented = condition_queries(task, condition)
-        hits = retriever.batch_search(texts, topk)
-        run = {query_id: [hit.id for hit in found] for query_id, found in zip(ids, hits, strict=True)}
+        run, augmented = retrieve(task, condition, topk=topk, device=device)
         rows[condition.name] = per_query(run, task.qrels)
         results[condition.name] = {
             **mean_metrics(rows[condition.name]),

@@ -7,15 +7,19 @@
     expandsearch coaug augment --beir DIR --side documents --kind sparse --model smollm2 --out runs/docs
     expandsearch coaug augment --beir DIR --side queries --split test --kind sparse --model smollm2 --out runs/q
     expandsearch coaug eval --beir DIR --index idx [--augmented-index idx_aug] [--query-augmentations runs/q] --out R
+    expandsearch coaug pool --beir DIR --index idx [--query-augmentations runs/q] --queries 100 --depth 10 --out D
     expandsearch coaug train [--config FILE] [--resume] [KEY=VALUE ...]   # joint RL (expandsearch train, task coaug)
 
 ``augment`` is resumable: run it again with the same ``--out`` after a kill and it augments only what is missing;
 ``--side documents`` also writes ``OUT/corpus.jsonl``, the augmented corpus for ``expandsearch index``.
+``pool`` writes a smaller BEIR folder (some queries; the documents their qrels and top rankings name) on which
+augmenting every document costs minutes instead of hours; evaluate every condition on it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _augment_arguments(sub.add_parser("augment", help="augment a BEIR corpus's documents or a split's queries"))
     _eval_arguments(sub.add_parser("eval", help="NDCG@10 / Recall@100 per condition: none, query, documents, both"))
+    _pool_arguments(sub.add_parser("pool", help="a pooled BEIR sub-task: N queries, their qrels and top-K documents"))
     _train_arguments(
         sub.add_parser("train", help="joint RL of query + document augmentation (expandsearch train, task coaug)")
     )
@@ -94,8 +99,20 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="torch device of a dense index's query encoder")
 
 
+def _pool_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--beir", required=True, help="BEIR folder to cut down")
+    parser.add_argument("--split", default="test", help="qrels split whose queries to sample (default test)")
+    parser.add_argument("--index", required=True, help="index over the original corpus: pools its top-K per query")
+    parser.add_argument("--query-augmentations", help="also pool the top-K of the augmented queries (coaug augment)")
+    parser.add_argument("--queries", type=int, default=100, help="queries drawn at random (default 100)")
+    parser.add_argument("--depth", type=int, default=10, help="pool depth K per ranking (default 10)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the query draw (default 0)")
+    parser.add_argument("--out", required=True, help="BEIR folder to write (corpus.jsonl, queries.jsonl, qrels/)")
+    parser.add_argument("--device", help="torch device of a dense index's query encoder")
+
+
 def run(args: argparse.Namespace) -> int:
-    steps = {"prepare": _prepare, "augment": _augment, "eval": _eval, "train": _train}
+    steps = {"prepare": _prepare, "augment": _augment, "eval": _eval, "pool": _pool, "train": _train}
     return steps[args.coaug_command](args)
 
 
@@ -197,23 +214,64 @@ def _engine(args: argparse.Namespace) -> tuple[Any, Any]:
     return engine, engine.tokenizer
 
 
-def _eval(args: argparse.Namespace) -> int:
+def _query_records(option: str | None) -> dict[str, dict[str, Any]] | None:
+    """The ``--query-augmentations`` records (a ``coaug augment`` folder or its jsonl), None without the option."""
     from data_prep.augmentation import AUGMENTATIONS_FILE, read_augmentations
+
+    if not option:
+        return None
+    path = Path(option)
+    path = path / AUGMENTATIONS_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"--query-augmentations: no {path}")
+    return read_augmentations(path)
+
+
+def _eval(args: argparse.Namespace) -> int:
     from data_prep.beir import load_beir
     from eval.coaug import conditions, evaluate_conditions, results_table, write_results
 
     if args.topk < 10:
         raise UserError(f"--topk must be >= 10 (NDCG@10), got {args.topk}")
     task = load_beir(args.beir, args.split)
-    records = None
-    if args.query_augmentations:
-        path = Path(args.query_augmentations)
-        path = path / AUGMENTATIONS_FILE if path.is_dir() else path
-        if not path.is_file():
-            raise FileNotFoundError(f"--query-augmentations: no {path}")
-        records = read_augmentations(path)
+    records = _query_records(args.query_augmentations)
     chosen = conditions(args.index, args.augmented_index, records)
     results = evaluate_conditions(task, chosen, topk=args.topk, device=args.device)
     write_results(results, args.out)
     print(results_table(results))
+    return 0
+
+
+def _pool(args: argparse.Namespace) -> int:
+    import json
+
+    from data_prep.beir import load_beir, pooled_task, sample_query_ids, write_beir
+    from eval.coaug import conditions, retrieve
+
+    if args.queries < 1 or args.depth < 1:
+        raise UserError(f"--queries and --depth must be >= 1, got {args.queries} and {args.depth}")
+    task = load_beir(args.beir, args.split)
+    query_ids = sample_query_ids(task, args.queries, seed=args.seed)
+    subset = dataclasses.replace(task, queries={query_id: task.queries[query_id] for query_id in query_ids})
+    records = _query_records(args.query_augmentations)
+    chosen = conditions(args.index, None, records)
+    runs = [retrieve(subset, condition, topk=args.depth, device=args.device)[0] for condition in chosen]
+    pooled = pooled_task(task, query_ids, runs, depth=args.depth)
+    out = write_beir([pooled], args.out)
+    pool = {
+        "source": str(Path(args.beir).resolve()),
+        "split": args.split,
+        "queries": len(pooled.queries),
+        "documents": len(pooled.corpus),
+        "depth": args.depth,
+        "seed": args.seed,
+        "pooled_runs": [condition.name for condition in chosen],
+        "index": str(Path(args.index).resolve()),
+        "query_augmentations": args.query_augmentations,
+    }
+    (out / "pool.json").write_text(json.dumps(pool, indent=2) + "\n", encoding="utf-8")
+    print(
+        f"pooled BEIR folder {out}: {len(pooled.queries)} {args.split} queries, {len(pooled.corpus)} of "
+        f"{len(task.corpus)} documents (qrels + top {args.depth} of {', '.join(pool['pooled_runs'])})"
+    )
     return 0

@@ -429,12 +429,25 @@ def train_coaug(
     with stage(timings, "index", log):
         index_dir = ensure_corpus_index(task.test_split, config.coaug, run_dir)
     with stage(timings, "evaluation", log):
-        policies = {"query only, prompted": config.policy.model, "query only, after RL": str(run_dir / "policy")}
+        policies = query_policies(config, run_dir)
+        if not policies:
+            log(
+                "   the document side alone was trained: the table has the test queries as they are; to score the "
+                f"documents, augment a corpus with --model {run_dir / 'policy'} (docs/coaugmentation.md, pooled)"
+            )
         results = evaluate_query_augmentation(policies, config, task.test_split, index_dir, run_dir / "eval", log)
     from eval.coaug import results_table
 
     results.pop("per_query", None)  # in eval/per_query.jsonl
     return {"coaug": results, "table": results_table(results), "timings_s": timings, "run_dir": str(run_dir)}
+
+
+def query_policies(config: TrainConfig, run_dir: Path) -> dict[str, str]:
+    """Table row name → policy for the held-out query table: the starting and the trained policy, or none when
+    only the document side was trained (its queries would be the starting policy's, already a row elsewhere)."""
+    if config.coaug.train == "document":
+        return {}
+    return {"query only, prompted": config.policy.model, "query only, after RL": str(run_dir / "policy")}
 
 
 def ensure_corpus_index(split: BeirTask, settings: CoAugSection, run_dir: Path) -> Path:

@@ -12,7 +12,9 @@ from data_prep.beir import (
     hotpotqa_task,
     load_beir,
     load_qrels,
+    pooled_task,
     relevant,
+    sample_query_ids,
     write_beir,
     write_corpus,
 )
@@ -105,3 +107,33 @@ def test_hotpotqa_task_judges_supporting_paragraphs_in_a_shared_corpus(real_data
     assert reloaded.qrels == test.qrels
     assert reloaded.queries[question_id] == test.queries[question_id]
     assert [p.id for p in reloaded.corpus] == [p.id for p in test.corpus]
+
+
+def test_a_pooled_task_keeps_the_judged_and_the_top_ranked_documents_in_corpus_order(scifact: Path) -> None:
+    task = load_beir(scifact, "test")
+    chosen = sample_query_ids(task, 5, seed=3)
+    assert chosen == sample_query_ids(task, 5, seed=3) != sample_query_ids(task, 5, seed=4)
+    assert chosen == [query_id for query_id in task.queries if query_id in chosen]  # qrels order
+    unjudged = [p.id for p in task.corpus if all(p.id not in judged for judged in task.qrels.values())]
+    run = {query_id: unjudged[number * 4 : number * 4 + 4] for number, query_id in enumerate(chosen)}
+    pooled = pooled_task(task, chosen, [run], depth=2)
+    expected = {doc for q in chosen for doc in task.qrels[q]} | {doc for docs in run.values() for doc in docs[:2]}
+    assert pooled.document_ids() == expected
+    order = [p.id for p in task.corpus]
+    assert [p.id for p in pooled.corpus] == sorted(expected, key=order.index)
+    assert list(pooled.queries) == chosen
+    assert pooled.qrels == {query_id: task.qrels[query_id] for query_id in chosen}
+    assert sample_query_ids(task, 10_000) == list(task.queries)
+
+
+def test_a_pool_refuses_unknown_queries_and_documents(scifact: Path) -> None:
+    task = load_beir(scifact, "test")
+    first = next(iter(task.queries))
+    with pytest.raises(BeirFormatError, match="query id 'nope' is not judged in the test split"):
+        pooled_task(task, ["nope"], [], depth=10)
+    with pytest.raises(BeirFormatError, match="run names document 'ghost'"):
+        pooled_task(task, [first], [{first: ["ghost"]}], depth=10)
+    with pytest.raises(ValueError, match="depth must be >= 1"):
+        pooled_task(task, [first], [], depth=0)
+    with pytest.raises(ValueError, match="at least one query"):
+        sample_query_ids(task, 0)

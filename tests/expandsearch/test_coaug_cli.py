@@ -101,3 +101,29 @@ def test_bad_inputs_are_one_line_errors(
     args = ["coaug", "augment", "--beir", str(broken), "--side", "documents", "--kind", "sparse"]
     assert main([*args, "--model", "smollm2", "--out", str(tmp_path / "a")]) == 2
     assert "the corpus is empty" in capsys.readouterr().err
+
+
+def test_pool_writes_a_smaller_beir_folder_that_eval_reads(real_data: Path, tmp_path: Path) -> None:
+    scifact = real_data / "beir" / "scifact"
+    cli("coaug", "prepare", "--beir", scifact, "--out", tmp_path / "corpus.jsonl")
+    cli("index", "--corpus", tmp_path / "corpus.jsonl", "--kind", "bm25", "--k1", "0.9", "--b", "0.4",
+        "--out", tmp_path / "idx")  # fmt: skip
+    cli("coaug", "pool", "--beir", scifact, "--index", tmp_path / "idx", "--queries", "20", "--depth", "5",
+        "--out", tmp_path / "pool")  # fmt: skip
+    pooled = load_beir(tmp_path / "pool", "test")
+    full = load_beir(scifact, "test")
+    assert len(pooled.queries) == 20
+    assert pooled.qrels == {query_id: full.qrels[query_id] for query_id in pooled.queries}
+    assert 20 < len(pooled.corpus) <= 20 * 5 + sum(len(judged) for judged in pooled.qrels.values())
+    pool = json.loads((tmp_path / "pool" / "pool.json").read_text())
+    assert (pool["queries"], pool["documents"], pool["depth"], pool["pooled_runs"]) == (
+        20, len(pooled.corpus), 5, ["none"],
+    )  # fmt: skip
+    cli("coaug", "prepare", "--beir", tmp_path / "pool", "--out", tmp_path / "pool_corpus.jsonl")
+    cli("index", "--corpus", tmp_path / "pool_corpus.jsonl", "--kind", "bm25", "--k1", "0.9", "--b", "0.4",
+        "--out", tmp_path / "pool_idx")  # fmt: skip
+    cli("coaug", "eval", "--beir", tmp_path / "pool", "--index", tmp_path / "pool_idx", "--out", tmp_path / "r")
+    on_pool = json.loads((tmp_path / "r" / "results.json").read_text())["results"]["none"]
+    # at most ~125 documents, and each relevant one shares a term with its query, so all are in the top 100
+    assert on_pool["n"] == 20
+    assert on_pool["recall@100"] == 1.0

@@ -17,7 +17,15 @@ from support import ONE_THREAD, require_console_script, run_expandsearch
 
 from data_prep.beir import load_beir
 from expandsearch.config import config_from_dict
-from expandsearch.rl.coaug import NEGATIVE, POSITIVE, QUERY, CoAugTask, CoAugTrainer, prompt_key_parts
+from expandsearch.rl.coaug import (
+    NEGATIVE,
+    POSITIVE,
+    QUERY,
+    CoAugTask,
+    CoAugTrainer,
+    prompt_key_parts,
+    query_policies,
+)
 from expandsearch.rl.config import TrainConfig
 
 TRAIN_QUERIES, TEST_QUERIES, DISTRACTORS = 4, 3, 30
@@ -136,6 +144,14 @@ def test_group_filtering_is_refused_for_a_task_scored_batch_by_batch() -> None:
     sections |= {"warm_start": {"kind": "none"}, "algorithm": {"filter_groups": {"enable": True}}}
     with pytest.raises(ValueError, match="cannot pick its groups"):
         config_from_dict(TrainConfig, sections)
+
+
+def test_the_query_table_compares_policies_only_when_the_query_side_was_trained(tmp_path: Path) -> None:
+    for side, rows in (("both", 2), ("query", 2), ("document", 0)):
+        config = coaug_config(tmp_path, "smollm2", tmp_path / side, mini_batch_size=6, train=side)
+        policies = query_policies(config, tmp_path / side)
+        assert len(policies) == rows
+        assert all(spec in ("smollm2", str(tmp_path / side / "policy")) for spec in policies.values())
 
 
 @pytest.mark.slow
