@@ -247,9 +247,12 @@ def _pool(args: argparse.Namespace) -> int:
 
     from data_prep.beir import load_beir, pooled_task, sample_query_ids, write_beir
     from eval.coaug import conditions, retrieve
+    from retriever_server.index_dir import read_manifest
 
     if args.queries < 1 or args.depth < 1:
         raise UserError(f"--queries and --depth must be >= 1, got {args.queries} and {args.depth}")
+    if (Path(args.out) / "corpus.jsonl").exists():
+        raise UserError(f"--out {args.out} already holds a BEIR corpus; pool into a new folder")
     task = load_beir(args.beir, args.split)
     query_ids = sample_query_ids(task, args.queries, seed=args.seed)
     subset = dataclasses.replace(task, queries={query_id: task.queries[query_id] for query_id in query_ids})
@@ -267,7 +270,9 @@ def _pool(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "pooled_runs": [condition.name for condition in chosen],
         "index": str(Path(args.index).resolve()),
-        "query_augmentations": args.query_augmentations,
+        "index_kind": read_manifest(args.index)["kind"],
+        "bm25": read_manifest(args.index).get("bm25"),
+        "query_augmentations": str(Path(args.query_augmentations).resolve()) if args.query_augmentations else None,
     }
     (out / "pool.json").write_text(json.dumps(pool, indent=2) + "\n", encoding="utf-8")
     print(

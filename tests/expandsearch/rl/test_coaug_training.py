@@ -149,9 +149,8 @@ def test_group_filtering_is_refused_for_a_task_scored_batch_by_batch() -> None:
 def test_the_query_table_compares_policies_only_when_the_query_side_was_trained(tmp_path: Path) -> None:
     for side, rows in (("both", 2), ("query", 2), ("document", 0)):
         config = coaug_config(tmp_path, "smollm2", tmp_path / side, mini_batch_size=6, train=side)
-        policies = query_policies(config, tmp_path / side)
-        assert len(policies) == rows
-        assert all(spec in ("smollm2", str(tmp_path / side / "policy")) for spec in policies.values())
+        trained = {"query only, prompted": "smollm2", "query only, after RL": str(tmp_path / side / "policy")}
+        assert query_policies(config, tmp_path / side) == (trained if rows else {})
 
 
 @pytest.mark.slow
