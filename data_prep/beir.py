@@ -25,7 +25,7 @@ import csv
 import json
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from retriever_server.corpus import CorpusFormatError, Passage, iter_jsonl_passages, write_wiki18_jsonl
@@ -56,6 +56,14 @@ class BeirTask:
 
     def document_ids(self) -> set[str]:
         return {passage.id for passage in self.corpus}
+
+    def with_queries(self, query_ids: Sequence[str]) -> BeirTask:
+        """The task cut down to ``query_ids`` (their texts and judgements, in that order), the corpus unchanged."""
+        unknown = [query_id for query_id in query_ids if query_id not in self.queries]
+        if unknown:
+            raise BeirFormatError(f"query id {unknown[0]!r} is not judged in the {self.split} split")
+        queries = {query_id: self.queries[query_id] for query_id in query_ids}
+        return replace(self, queries=queries, qrels={query_id: dict(self.qrels[query_id]) for query_id in query_ids})
 
 
 def qrels_path(folder: str | Path, split: str) -> Path:
@@ -253,18 +261,14 @@ def pooled_task(
     """
     if depth < 1:
         raise ValueError(f"pool depth must be >= 1, got {depth}")
-    unknown = [query_id for query_id in query_ids if query_id not in task.queries]
-    if unknown:
-        raise BeirFormatError(f"query id {unknown[0]!r} is not judged in the {task.split} split")
+    chosen = task.with_queries(query_ids)
     pool: set[str] = set()
-    for query_id in query_ids:
-        pool.update(task.qrels[query_id])
+    for query_id, judged in chosen.qrels.items():
+        pool.update(judged)
         for run in runs:
             pool.update(run.get(query_id, [])[:depth])
     corpus = [passage for passage in task.corpus if passage.id in pool]
     missing = pool - {passage.id for passage in corpus}
     if missing:
         raise BeirFormatError(f"run names document {sorted(missing)[0]!r}, which the corpus does not have")
-    queries = {query_id: task.queries[query_id] for query_id in query_ids}
-    qrels = {query_id: dict(task.qrels[query_id]) for query_id in query_ids}
-    return BeirTask(task.name, task.split, corpus, queries, qrels)
+    return replace(chosen, corpus=corpus)

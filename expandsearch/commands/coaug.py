@@ -19,7 +19,6 @@ augmenting every document costs minutes instead of hours; evaluate every conditi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -245,17 +244,18 @@ def _eval(args: argparse.Namespace) -> int:
 def _pool(args: argparse.Namespace) -> int:
     import json
 
-    from data_prep.beir import load_beir, pooled_task, sample_query_ids, write_beir
+    from data_prep.beir import CORPUS_FILE, load_beir, pooled_task, sample_query_ids, write_beir
     from eval.coaug import conditions, retrieve
     from retriever_server.index_dir import read_manifest
 
     if args.queries < 1 or args.depth < 1:
         raise UserError(f"--queries and --depth must be >= 1, got {args.queries} and {args.depth}")
-    if (Path(args.out) / "corpus.jsonl").exists():
+    if (Path(args.out) / CORPUS_FILE).exists():
         raise UserError(f"--out {args.out} already holds a BEIR corpus; pool into a new folder")
     task = load_beir(args.beir, args.split)
     query_ids = sample_query_ids(task, args.queries, seed=args.seed)
-    subset = dataclasses.replace(task, queries={query_id: task.queries[query_id] for query_id in query_ids})
+    subset = task.with_queries(query_ids)
+    manifest = read_manifest(args.index)
     records = _query_records(args.query_augmentations)
     chosen = conditions(args.index, None, records)
     runs = [retrieve(subset, condition, topk=args.depth, device=args.device)[0] for condition in chosen]
@@ -270,8 +270,8 @@ def _pool(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "pooled_runs": [condition.name for condition in chosen],
         "index": str(Path(args.index).resolve()),
-        "index_kind": read_manifest(args.index)["kind"],
-        "bm25": read_manifest(args.index).get("bm25"),
+        "index_kind": manifest["kind"],
+        "bm25": manifest.get("bm25"),
         "query_augmentations": str(Path(args.query_augmentations).resolve()) if args.query_augmentations else None,
     }
     (out / "pool.json").write_text(json.dumps(pool, indent=2) + "\n", encoding="utf-8")

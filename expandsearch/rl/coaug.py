@@ -368,10 +368,7 @@ def evaluate_query_augmentation(
 
     limit = config.eval.questions
     if limit:
-        kept = list(test.queries)[:limit]
-        test = type(test)(
-            test.name, test.split, test.corpus, {q: test.queries[q] for q in kept}, {q: test.qrels[q] for q in kept}
-        )
+        test = test.with_queries(list(test.queries)[:limit])
     chosen = [Condition(BASELINE, str(index_dir))]
     for name, spec in policies.items():
         log(f"   augmenting {len(test.queries)} test queries with {name} ({spec})")
